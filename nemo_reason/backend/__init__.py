@@ -1,0 +1,69 @@
+"""The one backend seam.
+
+Only this package imports GPU-only packages (transformer_engine, mamba_ssm, causal_conv1d),
+calls ``torch.cuda`` or names a process-group backend. Everything else asks it:
+
+- :func:`select` turns ``model.backend`` (``auto|te|local``) into ``"te"`` or ``"local"``, once;
+- :mod:`.specs` builds Megatron layer specs for that choice;
+- :mod:`.dist` picks the device and process-group backend (nccl on CUDA, gloo on CPU);
+- :mod:`.cpu_compat` redirects Megatron-Core's CUDA hard-codes when CUDA is absent.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+
+import torch
+
+BACKENDS = ("auto", "te", "local")
+
+
+class BackendError(RuntimeError):
+    """The requested backend cannot run on this machine."""
+
+
+def cuda_available() -> bool:
+    return torch.cuda.is_available()
+
+
+@functools.lru_cache(maxsize=None)
+def te_importable() -> bool:
+    """True when Transformer Engine imports (checked only on CUDA machines: TE's PyPI meta
+    package raises RuntimeError, not ImportError, on import without CUDA)."""
+    if not cuda_available() or importlib.util.find_spec("transformer_engine") is None:
+        return False
+    try:
+        import transformer_engine.pytorch  # noqa: F401
+    except Exception:  # noqa: BLE001 - any failure means "not usable here"
+        return False
+    return True
+
+
+def select(requested: str) -> str:
+    """Resolve ``model.backend`` to ``"te"`` or ``"local"``."""
+    if requested not in BACKENDS:
+        raise BackendError(f"model.backend={requested!r} is not one of {', '.join(BACKENDS)}")
+    if requested == "local":
+        return "local"
+    if requested == "te":
+        if not cuda_available():
+            raise BackendError(
+                "model.backend=te needs CUDA and Transformer Engine; this machine has no CUDA "
+                "device. Use model.backend=local (or auto)."
+            )
+        if not te_importable():
+            raise BackendError(
+                "model.backend=te: transformer_engine does not import. Install the gpu extra "
+                "(pip install -e '.[gpu]') or use model.backend=local."
+            )
+        return "te"
+    return "te" if te_importable() else "local"
+
+
+def prepare(resolved_backend: str) -> None:
+    """Get Megatron-Core ready for this process: on a CPU machine, install the redirections."""
+    if not cuda_available():
+        from nemo_reason.backend import cpu_compat
+
+        cpu_compat.install()

@@ -1,0 +1,232 @@
+"""Run Megatron-Core's own DDP, optimizer, schedules and checkpointing on a CPU-only machine.
+
+Megatron-Core 0.16 hard-codes CUDA in places that have nothing to do with arithmetic: it asks
+``torch.cuda.current_device()`` where to allocate, creates streams and events, synchronises, keeps
+its model-parallel RNG in the CUDA generator, and compares tensor type strings against
+``'torch.cuda.FloatTensor'``. :func:`install` redirects exactly those calls to the CPU, and only
+when CUDA is absent. It never touches an op that computes: losses on CPU are Megatron's own.
+
+How: every loaded ``megatron.core.*`` module that refers to ``torch`` gets a *view* of torch in
+which ``torch.cuda`` is :data:`CPU_CUDA` (a namespace answering with the CPU) and a handful of
+factory functions map ``device="cuda"`` to the CPU. The real ``torch`` module is untouched for
+everybody else. Three things cannot be reached through a module's globals and are patched on the
+torch classes, with calls that would raise without CUDA turned into CPU no-ops:
+``Tensor.cuda``/``Module.cuda`` and, for callers inside Megatron only, ``Tensor.type()``.
+
+Redirections, with the Megatron-Core 0.16.1 file they serve (see shared notes):
+- ``torch.cuda.current_device`` -> "cpu": utils.py:631 (global memory buffer),
+  rotary_pos_embedding.py:162, param_and_grad_buffer.py:783-806, optimizer.py:473-485,
+  p2p_communication.py:190-202/313/321, ssm/*, moe/router.py:90-198.
+- ``torch.cuda.synchronize/Stream/Event/stream/default_stream/current_stream`` -> no-ops:
+  p2p_communication.py:242/398, filesystem_async.py:230, distributed_data_parallel.py:230,
+  param_and_grad_buffer.py:417-529, moe/token_dispatcher.py:445/871-898.
+- ``torch.{zeros,empty,ones,full,tensor,arange}(device="cuda")`` -> CPU: schedules.py:596/983/2138,
+  param_and_grad_buffer.py:768.
+- CUDA RNG (``tensor_parallel/random.py``: manual_seed, get/set_rng_state, the tracker's
+  ``_get_cuda_rng_state``/``_set_cuda_rng_state``) -> the CPU generator; the tracker's
+  fork/restore semantics are kept, so dropout regions draw from the model-parallel stream.
+- ``Tensor.type()`` string checks (distrib_optimizer.py:361/420/582, optimizer.py:671/690,
+  clip_grads.py:167) see CUDA names for CPU tensors when the caller is Megatron code.
+- gloo's ``all_gather_into_tensor`` rejects 0-dim tensors that Megatron passes: reshaped to 1-dim.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import sys
+import types
+
+import torch
+
+_INSTALLED = False
+_CPU = torch.device("cpu")
+
+
+def _to_cpu_device(device):
+    if device is None:
+        return None
+    if isinstance(device, int):
+        return _CPU
+    if isinstance(device, str) and device.startswith("cuda"):
+        return _CPU
+    if isinstance(device, torch.device) and device.type == "cuda":
+        return _CPU
+    return device
+
+
+class _NoOpStream:
+    """Stands in for ``torch.cuda.Stream``/``Event``: every method is a no-op."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __getattr__(self, name):
+        return lambda *a, **k: None
+
+    def query(self):
+        return True
+
+    def elapsed_time(self, other):
+        return 0.0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _cpu_get_rng_state(device=None, *args, **kwargs):
+    return torch.get_rng_state()
+
+
+def _cpu_set_rng_state(new_state, device=None, *args, **kwargs):
+    torch.set_rng_state(new_state)
+
+
+def _build_cpu_cuda_namespace() -> types.ModuleType:
+    """A ``torch.cuda`` look-alike that answers with the CPU (used only by Megatron modules)."""
+    ns = types.ModuleType("torch.cuda")
+    ns.__dict__.update(torch.cuda.__dict__)
+    ns.is_available = lambda: False
+    ns.current_device = lambda: "cpu"
+    ns.device_count = lambda: 0
+    ns.set_device = lambda *a, **k: None
+    ns.synchronize = lambda *a, **k: None
+    ns.empty_cache = lambda *a, **k: None
+    ns.Stream = _NoOpStream
+    ns.Event = _NoOpStream
+    ns.stream = lambda *a, **k: contextlib.nullcontext()
+    ns.default_stream = lambda *a, **k: _NoOpStream()
+    ns.current_stream = lambda *a, **k: _NoOpStream()
+    ns.memory_allocated = lambda *a, **k: 0
+    ns.max_memory_allocated = lambda *a, **k: 0
+    ns.memory_reserved = lambda *a, **k: 0
+    ns.reset_peak_memory_stats = lambda *a, **k: None
+    ns.get_rng_state = _cpu_get_rng_state
+    ns.set_rng_state = _cpu_set_rng_state
+    ns.manual_seed = lambda seed: torch.manual_seed(seed)
+    ns.manual_seed_all = lambda seed: torch.manual_seed(seed)
+    ns.is_current_stream_capturing = lambda: False
+    ns.nvtx = types.SimpleNamespace(range_push=lambda *a, **k: None, range_pop=lambda *a, **k: None,
+                                    range=lambda *a, **k: contextlib.nullcontext())
+    rnd = types.ModuleType("torch.cuda.random")
+    rnd.get_rng_state = _cpu_get_rng_state
+    rnd.set_rng_state = _cpu_set_rng_state
+    ns.random = rnd
+    return ns
+
+
+CPU_CUDA = _build_cpu_cuda_namespace()
+
+
+def _device_redirecting(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        if "device" in kwargs:
+            kwargs["device"] = _to_cpu_device(kwargs["device"])
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def _build_torch_view() -> types.ModuleType:
+    view = types.ModuleType("torch")
+    view.__dict__.update(torch.__dict__)
+    view.cuda = CPU_CUDA
+    for name in ("zeros", "empty", "ones", "full", "tensor", "arange", "randn", "rand",
+                 "zeros_like", "empty_like", "ones_like", "as_tensor"):
+        setattr(view, name, _device_redirecting(getattr(torch, name)))
+    return view
+
+
+TORCH_VIEW = _build_torch_view()
+
+
+def _megatron_caller(depth: int = 2) -> bool:
+    try:
+        frame = sys._getframe(depth)
+    except ValueError:  # pragma: no cover
+        return False
+    return frame.f_globals.get("__name__", "").startswith("megatron.")
+
+
+_CUDA_TYPE_NAMES = {
+    "torch.FloatTensor": "torch.cuda.FloatTensor",
+    "torch.HalfTensor": "torch.cuda.HalfTensor",
+    "torch.BFloat16Tensor": "torch.cuda.BFloat16Tensor",
+}
+
+
+def _patch_torch_classes() -> None:
+    orig_type = torch.Tensor.type
+
+    def type_(self, dtype=None, non_blocking=False, **kwargs):
+        if dtype is None and not kwargs and _megatron_caller():
+            name = orig_type(self)
+            return _CUDA_TYPE_NAMES.get(name, name)
+        return orig_type(self, dtype, non_blocking, **kwargs)
+
+    torch.Tensor.type = type_
+    # Without CUDA these raise; Megatron calls them to place buffers "on the GPU".
+    torch.Tensor.cuda = lambda self, *a, **k: self
+    torch.nn.Module.cuda = lambda self, *a, **k: self
+
+    orig_all_gather_into_tensor = torch.distributed.all_gather_into_tensor
+
+    @functools.wraps(orig_all_gather_into_tensor)
+    def all_gather_into_tensor(output_tensor, input_tensor, group=None, async_op=False):
+        if input_tensor.dim() == 0:
+            input_tensor = input_tensor.reshape(1)
+        return orig_all_gather_into_tensor(output_tensor, input_tensor, group=group, async_op=async_op)
+
+    torch.distributed.all_gather_into_tensor = all_gather_into_tensor
+
+
+def _import_megatron_modules() -> None:
+    # Load what a training step touches so that its modules see the CPU view below.
+    import megatron.core.dist_checkpointing  # noqa: F401
+    import megatron.core.dist_checkpointing.strategies.filesystem_async  # noqa: F401
+    import megatron.core.dist_checkpointing.strategies.torch  # noqa: F401
+    import megatron.core.distributed  # noqa: F401
+    import megatron.core.models.gpt  # noqa: F401
+    import megatron.core.optimizer  # noqa: F401
+    import megatron.core.optimizer_param_scheduler  # noqa: F401
+    import megatron.core.pipeline_parallel  # noqa: F401
+    import megatron.core.pipeline_parallel.p2p_communication  # noqa: F401
+    import megatron.core.pipeline_parallel.schedules  # noqa: F401
+    import megatron.core.tensor_parallel  # noqa: F401
+    import megatron.core.transformer.moe.moe_layer  # noqa: F401
+
+
+def redirect_module(module: types.ModuleType) -> None:
+    """Give one Megatron module the CPU view of torch (idempotent)."""
+    g = module.__dict__
+    if g.get("torch") is torch:
+        g["torch"] = TORCH_VIEW
+
+
+def install() -> bool:
+    """Redirect Megatron-Core's CUDA hard-codes to the CPU. No-op (returns False) with CUDA."""
+    global _INSTALLED
+    if _INSTALLED:
+        return True
+    if torch.cuda.is_available():
+        return False
+    _import_megatron_modules()
+    for name, module in list(sys.modules.items()):
+        if name.startswith("megatron.core") and module is not None:
+            redirect_module(module)
+    import megatron.core.tensor_parallel.random as mrandom
+
+    mrandom._get_cuda_rng_state = lambda *a, **k: torch.get_rng_state()
+    mrandom._set_cuda_rng_state = lambda new_state, *a, **k: torch.set_rng_state(new_state)
+    mrandom._lazy_call = lambda fn, *a, **k: fn()
+    _patch_torch_classes()
+    _INSTALLED = True
+    return True
+
+
+def installed() -> bool:
+    return _INSTALLED

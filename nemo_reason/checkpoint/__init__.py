@@ -1,0 +1,1 @@
+"""Checkpoints: Megatron dist_checkpointing with atomic publish and resume discovery."""

@@ -1,0 +1,148 @@
+"""``nemo-reason``: run, show and list recipes.
+
+    nemo-reason run [RECIPE] [overrides...]     compose, validate, launch ranks, run the pipeline
+    nemo-reason show RECIPE [overrides...]      print the fully resolved config as YAML
+    nemo-reason list                            recipes and registered pipeline step types
+
+Overrides use Hydra's grammar: ``trainer.max_steps=20``, ``parallel.tp=2``, ``+extra.key=1``,
+``~key``. Any configuration problem exits with code 2 before any work starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+from nemo_reason.config.schema import ConfigError
+
+EXIT_CONFIG = 2
+
+
+def _split_recipe(args: List[str], default: Optional[str]) -> Tuple[Optional[str], List[str]]:
+    if args and "=" not in args[0] and not args[0].startswith(("+", "~")):
+        return args[0], args[1:]
+    return default, args
+
+
+def _compose(recipe: str, overrides: List[str]):
+    from nemo_reason.config.store import compose
+    from nemo_reason.stages import STEPS, load_builtin_steps
+
+    cfg = compose(recipe, overrides)
+    load_builtin_steps()
+    for step in cfg.pipeline:
+        if step.type not in STEPS:
+            import difflib
+
+            hints = difflib.get_close_matches(step.type, list(STEPS), n=3, cutoff=0.4)
+            raise ConfigError(
+                f"pipeline step type '{step.type}' is not registered"
+                + (f"; did you mean: {', '.join(hints)}?" if hints else "")
+                + f" (registered: {', '.join(sorted(STEPS))})"
+            )
+    return cfg
+
+
+def cmd_show(ns) -> int:
+    from nemo_reason.config.store import to_yaml
+
+    recipe, overrides = _split_recipe(ns.args, None)
+    if recipe is None:
+        raise ConfigError("show needs a RECIPE (see `nemo-reason list`)")
+    print(to_yaml(_compose(recipe, overrides)), end="")
+    return 0
+
+
+def cmd_list(ns) -> int:
+    from nemo_reason.config.store import list_recipes, recipes_dir
+    from nemo_reason.stages import DOCS, load_builtin_steps
+
+    rdir = recipes_dir()
+    print(f"recipes ({rdir}):")
+    for name in list_recipes():
+        first = ""
+        for line in (rdir / f"{name}.yaml").read_text().splitlines():
+            if line.startswith("#"):
+                first = line.lstrip("# ").strip()
+                break
+        print(f"  {name:<20} {first}")
+    print("pipeline step types:")
+    for name, doc in sorted(load_builtin_steps() and DOCS.items()):
+        print(f"  {name:<20} {doc}")
+    return 0
+
+
+def cmd_run(ns) -> int:
+    from nemo_reason.config.store import to_yaml
+    from nemo_reason.launch.local import launched_by_torchrun_or_srun, spawn
+
+    recipe, overrides = _split_recipe(ns.args, "tiny")
+    cfg = _compose(recipe, overrides)
+    if launched_by_torchrun_or_srun():
+        from nemo_reason.worker import run_worker
+
+        return run_worker(cfg)
+    run_dir = Path(cfg.run.dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    print(f"[nemo-reason] recipe {recipe} -> {run_dir.resolve()}", flush=True)
+    nproc = cfg.launcher.nproc_per_node
+    if cfg.launcher.nodes != 1:
+        raise ConfigError(
+            "launcher.nodes > 1 needs one `nemo-reason run` per node under torchrun or srun "
+            "(the launcher issue adds launcher=slurm)"
+        )
+    if nproc == 1:
+        from nemo_reason.worker import run_worker
+
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        return run_worker(cfg)
+    path = run_dir / "launch_config.yaml"
+    path.write_text(to_yaml(cfg))
+    return spawn(path, nproc, cfg.launcher.master_port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nemo-reason",
+        description="Train reasoning language models with Megatron-Core: recipes, pipelines, launchers.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    over = "Hydra overrides, e.g. trainer.max_steps=20 parallel.tp=2 +extra.key=1 ~key"
+    p = sub.add_parser("run", help="run a recipe's pipeline (default recipe: tiny)",
+                       description="Compose RECIPE with overrides, validate, start launcher.nproc_per_node "
+                                   "ranks and run the pipeline. Re-running resumes.")
+    p.add_argument("args", nargs=argparse.REMAINDER, metavar="[RECIPE] [overrides...]", help=over)
+    p.set_defaults(fn=cmd_run)
+    p = sub.add_parser("show", help="print the fully resolved config of a recipe",
+                       description="Print RECIPE with overrides applied, fully resolved, as YAML.")
+    p.add_argument("args", nargs=argparse.REMAINDER, metavar="RECIPE [overrides...]", help=over)
+    p.set_defaults(fn=cmd_show)
+    p = sub.add_parser("list", help="list recipes and pipeline step types",
+                       description="List the recipes in recipes/ and the registered pipeline step types.")
+    p.set_defaults(fn=cmd_list)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    if not getattr(ns, "fn", None):
+        parser.print_help()
+        return EXIT_CONFIG
+    if getattr(ns, "args", None) and ns.args[0] in ("-h", "--help"):
+        parser.parse_args([ns.command, "--help"])
+    try:
+        return ns.fn(ns)
+    except ConfigError as exc:
+        print(f"nemo-reason: error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        print("nemo-reason: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

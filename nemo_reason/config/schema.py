@@ -1,0 +1,322 @@
+"""The configuration tree: one dataclass per group, plain values only.
+
+Hydra composes a recipe (``recipes/<name>.yaml``) onto :class:`RunConfig`, so every field has
+a type, a default and a docstring-like comment here, and a misspelled key or a wrong type fails
+at composition time. Each group checks itself in ``validate()``; :meth:`RunConfig.validate`
+checks the rules that cross groups (world size, batch sizes, ...).
+
+``parallel`` holds model-parallel sizes only; the data-parallel size is derived from the world
+size (``launcher.nodes * launcher.nproc_per_node``), as in Megatron-LM.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field and the fix."""
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+@dataclass
+class ModelConfig:
+    # Model family: "gpt" (dense GPTModel). Later issues add "hybrid" and "moe".
+    type: str = "gpt"
+    # Layer implementation: "auto" (te with CUDA + Transformer Engine, else local), "te", "local".
+    backend: str = "auto"
+    num_layers: int = 2
+    hidden_size: int = 64
+    # MLP inner size (Nemotron-4 uses 4x hidden with squared-ReLU).
+    ffn_hidden_size: int = 256
+    num_attention_heads: int = 4
+    # Key/value heads for grouped-query attention; null means multi-head attention.
+    num_query_groups: Optional[int] = None
+    # Per-head size; null means hidden_size / num_attention_heads.
+    kv_channels: Optional[int] = None
+    # "squared_relu" (Nemotron), "gelu", "swiglu" (gated SiLU, Llama).
+    activation: str = "squared_relu"
+    # "LayerNorm" or "RMSNorm".
+    normalization: str = "LayerNorm"
+    layernorm_epsilon: float = 1e-5
+    add_bias_linear: bool = False
+    qk_layernorm: bool = False
+    # "rope", "learned_absolute" or "none".
+    position_embedding_type: str = "rope"
+    rotary_base: int = 10000
+    rotary_percent: float = 1.0
+    max_position_embeddings: int = 4096
+    untie_embeddings_and_output_weights: bool = True
+    # Vocabulary is padded to a multiple of this (and of TP) as in Megatron-LM.
+    make_vocab_size_divisible_by: int = 128
+    hidden_dropout: float = 0.0
+    attention_dropout: float = 0.0
+    init_method_std: float = 0.02
+
+    def validate(self) -> None:
+        from nemo_reason.backend import BACKENDS
+
+        _check(self.type in ("gpt",), f"model.type={self.type!r} is not one of: gpt")
+        _check(self.backend in BACKENDS, f"model.backend={self.backend!r} is not one of {BACKENDS}")
+        _check(self.activation in ("squared_relu", "gelu", "swiglu", "relu"),
+               f"model.activation={self.activation!r}: use squared_relu, gelu, swiglu or relu")
+        _check(self.normalization in ("LayerNorm", "RMSNorm"),
+               f"model.normalization={self.normalization!r}: use LayerNorm or RMSNorm")
+        _check(self.position_embedding_type in ("rope", "learned_absolute", "none"),
+               f"model.position_embedding_type={self.position_embedding_type!r}: use rope, "
+               "learned_absolute or none")
+        for name in ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads"):
+            _check(getattr(self, name) > 0, f"model.{name} must be positive")
+        groups = self.num_query_groups or self.num_attention_heads
+        _check(self.num_attention_heads % groups == 0,
+               f"model.num_attention_heads={self.num_attention_heads} is not divisible by "
+               f"model.num_query_groups={groups}")
+        if self.kv_channels is None:
+            _check(self.hidden_size % self.num_attention_heads == 0,
+                   f"model.hidden_size={self.hidden_size} is not divisible by "
+                   f"model.num_attention_heads={self.num_attention_heads}; set model.kv_channels")
+
+
+@dataclass
+class ParallelConfig:
+    # Tensor, pipeline, virtual-pipeline (interleaved), context, expert and expert-tensor sizes.
+    tp: int = 1
+    pp: int = 1
+    vpp: Optional[int] = None
+    cp: int = 1
+    ep: int = 1
+    # Expert tensor parallel size (MoE Parallel Folding); null means equal to tp.
+    etp: Optional[int] = None
+    sequence_parallel: bool = False
+
+    def validate(self) -> None:
+        for name in ("tp", "pp", "cp", "ep"):
+            _check(getattr(self, name) >= 1, f"parallel.{name} must be >= 1")
+        _check(self.vpp is None or self.vpp >= 1, "parallel.vpp must be >= 1 or null")
+        _check(self.vpp is None or self.pp > 1,
+               "parallel.vpp (interleaved pipeline) needs parallel.pp > 1")
+        _check(self.etp is None or self.etp >= 1, "parallel.etp must be >= 1 or null")
+        _check(not self.sequence_parallel or self.tp > 1,
+               "parallel.sequence_parallel=true needs parallel.tp > 1")
+
+    @property
+    def model_parallel_size(self) -> int:
+        return self.tp * self.pp * self.cp
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 100
+    micro_batch_size: int = 4
+    # Samples per optimizer step = micro_batch_size x accumulation x data-parallel size.
+    global_batch_size: int = 8
+    seq_length: int = 128
+    log_every: int = 1
+    # Checkpoint every N steps (and always at the end); 0 saves only at the end.
+    save_every: int = 0
+    # Validation every N steps on eval_iters global batches; 0 turns it off.
+    eval_every: int = 0
+    eval_iters: int = 2
+    # "fp32", "bf16" ("fp16" and "fp8" need CUDA; fp8 arrives with the parallelism issue).
+    precision: str = "fp32"
+    # Live progress line on rank 0.
+    progress: bool = True
+    # Keep only the newest N checkpoints of a step (0 keeps all).
+    keep_last: int = 2
+
+    def validate(self) -> None:
+        _check(self.max_steps >= 1, "trainer.max_steps must be >= 1")
+        _check(self.micro_batch_size >= 1, "trainer.micro_batch_size must be >= 1")
+        _check(self.global_batch_size >= 1, "trainer.global_batch_size must be >= 1")
+        _check(self.seq_length >= 2, "trainer.seq_length must be >= 2")
+        _check(self.log_every >= 1, "trainer.log_every must be >= 1")
+        _check(self.save_every >= 0, "trainer.save_every must be >= 0")
+        _check(self.eval_every >= 0, "trainer.eval_every must be >= 0")
+        _check(self.precision in ("fp32", "bf16", "fp16", "fp8"),
+               f"trainer.precision={self.precision!r}: use fp32, bf16, fp16 or fp8")
+
+
+@dataclass
+class OptimConfig:
+    # "adam" (AdamW, decoupled weight decay) or "sgd".
+    name: str = "adam"
+    lr: float = 3e-3
+    min_lr: float = 3e-4
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    # Global gradient-norm clipping; 0 turns it off.
+    clip_grad: float = 1.0
+    # Learning-rate schedule: "cosine", "wsd" (warmup-stable-decay), "linear" or "constant".
+    schedule: str = "cosine"
+    warmup_steps: int = 10
+    # Steps over which the schedule decays; null means trainer.max_steps.
+    decay_steps: Optional[int] = None
+    # WSD only: length and shape of the final decay ("linear", "cosine", "exponential", "minus_sqrt").
+    wsd_decay_steps: Optional[int] = None
+    wsd_decay_style: str = "linear"
+    # Megatron's distributed optimizer (ZeRO-1 over the data-parallel group).
+    distributed: bool = False
+    overlap_grad_reduce: bool = False
+    overlap_param_gather: bool = False
+
+    def validate(self) -> None:
+        _check(self.name in ("adam", "sgd"), f"optim.name={self.name!r}: use adam or sgd")
+        _check(self.schedule in ("cosine", "wsd", "linear", "constant"),
+               f"optim.schedule={self.schedule!r}: use cosine, wsd, linear or constant")
+        _check(self.lr > 0, "optim.lr must be > 0")
+        _check(0 <= self.min_lr <= self.lr, "optim.min_lr must be between 0 and optim.lr")
+        _check(self.warmup_steps >= 0, "optim.warmup_steps must be >= 0")
+        _check(self.clip_grad >= 0, "optim.clip_grad must be >= 0")
+        _check(self.wsd_decay_style in ("linear", "cosine", "exponential", "minus_sqrt"),
+               f"optim.wsd_decay_style={self.wsd_decay_style!r}: use linear, cosine, exponential "
+               "or minus_sqrt")
+        _check(not self.overlap_param_gather or self.distributed,
+               "optim.overlap_param_gather needs optim.distributed=true")
+
+
+@dataclass
+class DataConfig:
+    # "synthetic": a corpus the package generates (tests, demos); "indexed": Megatron .bin/.idx.
+    source: str = "synthetic"
+    # For source=indexed: the path prefix of a Megatron indexed dataset (without .bin/.idx).
+    path_prefix: Optional[str] = None
+    # Synthetic corpus size (documents) and generator seed.
+    num_documents: int = 4000
+    corpus_seed: int = 1234
+    # "byte" (placeholder tokenizer: UTF-8 bytes + special tokens).
+    tokenizer: str = "byte"
+    # Train/valid/test split weights, Megatron style.
+    split: str = "98,1,1"
+    # Where generated corpora and dataset index caches go; "" means ~/.cache/nemo_reason.
+    cache_dir: str = ""
+
+    def validate(self) -> None:
+        _check(self.source in ("synthetic", "indexed"),
+               f"data.source={self.source!r}: use synthetic or indexed")
+        _check(self.source != "indexed" or bool(self.path_prefix),
+               "data.source=indexed needs data.path_prefix=/path/to/prefix (without .bin/.idx)")
+        _check(self.tokenizer in ("byte",), f"data.tokenizer={self.tokenizer!r}: use byte")
+        parts = self.split.split(",")
+        _check(len(parts) == 3 and all(p.strip().replace(".", "", 1).isdigit() for p in parts),
+               f"data.split={self.split!r}: use three comma-separated weights, e.g. 98,1,1")
+        _check(self.num_documents >= 10, "data.num_documents must be >= 10")
+
+
+@dataclass
+class RunSection:
+    # Recipe name (set by the recipe); run.dir defaults to runs/<name>.
+    name: str = "run"
+    dir: str = "runs/${run.name}"
+    seed: int = 1234
+    # Resume from the newest complete checkpoint in run.dir when there is one.
+    resume: bool = True
+
+
+@dataclass
+class LauncherConfig:
+    # "local" (spawn ranks on this machine); slurm and docker arrive with the launcher issue.
+    type: str = "local"
+    # Ranks per node (GPUs per node on a GPU machine).
+    nproc_per_node: int = 1
+    nodes: int = 1
+    gpus_per_node: int = 0
+    master_addr: str = "127.0.0.1"
+    # 0 picks a free port.
+    master_port: int = 0
+
+    def validate(self) -> None:
+        _check(self.type in ("local",), f"launcher.type={self.type!r}: use local")
+        _check(self.nproc_per_node >= 1, "launcher.nproc_per_node must be >= 1")
+        _check(self.nodes >= 1, "launcher.nodes must be >= 1")
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.nproc_per_node
+
+
+@dataclass
+class StepConfig:
+    # Registered step type (see `nemo-reason list`).
+    type: str = "pretrain"
+    # Folder name under run.dir; defaults to the type (suffixed when a type repeats).
+    name: Optional[str] = None
+    # Dotted overrides applied to the run config for this step only, e.g. {"optim.lr": 1e-4}.
+    overrides: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    run: RunSection = field(default_factory=RunSection)
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
+    pipeline: List[StepConfig] = field(default_factory=lambda: [StepConfig()])
+    # Free-form keys for experiments and plugins (`+extra.my_flag=1`); never read by the core.
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        """Each group checks itself, then the rules that cross groups."""
+        for group in (self.model, self.parallel, self.trainer, self.optim, self.data, self.launcher):
+            group.validate()
+        _check(len(self.pipeline) >= 1, "pipeline is empty: list at least one step, e.g. [{type: pretrain}]")
+        p, m, t = self.parallel, self.model, self.trainer
+        world = self.launcher.world_size
+        mp = p.model_parallel_size
+        _check(world % mp == 0,
+               f"world size {world} (launcher.nodes x launcher.nproc_per_node) is not divisible by "
+               f"tp x pp x cp = {p.tp} x {p.pp} x {p.cp} = {mp}; set launcher.nproc_per_node to a "
+               "multiple of it")
+        dp = world // mp
+        groups = m.num_query_groups or m.num_attention_heads
+        _check(m.num_attention_heads % p.tp == 0,
+               f"model.num_attention_heads={m.num_attention_heads} is not divisible by parallel.tp={p.tp}")
+        _check(groups % p.tp == 0,
+               f"model.num_query_groups={groups} is not divisible by parallel.tp={p.tp}")
+        _check(m.ffn_hidden_size % p.tp == 0,
+               f"model.ffn_hidden_size={m.ffn_hidden_size} is not divisible by parallel.tp={p.tp}")
+        stages = p.pp * (p.vpp or 1)
+        _check(m.num_layers % stages == 0,
+               f"model.num_layers={m.num_layers} is not divisible by pp x vpp = {stages}")
+        _check(t.seq_length % (2 * p.cp) == 0 or p.cp == 1,
+               f"trainer.seq_length={t.seq_length} is not divisible by 2 x cp = {2 * p.cp}")
+        _check(t.global_batch_size % (t.micro_batch_size * dp) == 0,
+               f"trainer.global_batch_size={t.global_batch_size} is not divisible by "
+               f"micro_batch_size x data-parallel size = {t.micro_batch_size} x {dp}; "
+               f"use a multiple of {t.micro_batch_size * dp}")
+        _check(t.seq_length <= m.max_position_embeddings,
+               f"trainer.seq_length={t.seq_length} exceeds model.max_position_embeddings="
+               f"{m.max_position_embeddings}")
+        if p.vpp:
+            micro = t.global_batch_size // (t.micro_batch_size * dp)
+            _check(micro % p.pp == 0,
+                   f"interleaved pipeline needs the number of micro-batches ({micro}) to be a "
+                   f"multiple of parallel.pp={p.pp}")
+        _check(p.cp == 1, "parallel.cp > 1 arrives with the parallelism issue; use parallel.cp=1")
+        _check(p.ep == 1, "parallel.ep > 1 needs an MoE model (the parallelism issue); use parallel.ep=1")
+        _check(t.precision in ("fp32", "bf16") or _cuda(),
+               f"trainer.precision={t.precision} needs CUDA; on CPU use fp32 or bf16")
+        _check(t.precision != "fp8",
+               "trainer.precision=fp8 arrives with Transformer Engine in the parallelism issue")
+        names = [s.name or s.type for s in self.pipeline]
+        _check(len(set(names)) == len(names),
+               f"pipeline step names repeat ({names}): give repeated types distinct `name`s")
+
+    @property
+    def data_parallel_size(self) -> int:
+        return self.launcher.world_size // self.parallel.model_parallel_size
+
+
+def _cuda() -> bool:
+    from nemo_reason.backend import cuda_available
+
+    return cuda_available()

@@ -1,0 +1,1 @@
+"""Data: tokenizers, the bundled corpus, Megatron indexed datasets and the training data loader."""

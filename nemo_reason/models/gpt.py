@@ -1,0 +1,125 @@
+"""Dense GPT (Nemotron-4 style) from Megatron-Core's ``GPTModel`` and layer specs.
+
+``transformer_config`` maps our ``ModelConfig``/``ParallelConfig``/precision onto Megatron's
+``TransformerConfig``; ``build_model`` returns one ``GPTModel`` per virtual pipeline stage held by
+this rank (a list of one without interleaving), with pre/post-processing only on the first/last
+stage, as Megatron-LM's ``get_model`` does. Published architectures are recipes
+(``recipes/model/*.yaml``), not code.
+"""
+
+from __future__ import annotations
+
+from typing import List
+
+import torch
+import torch.nn.functional as F
+from megatron.core import parallel_state
+from megatron.core.activations import squared_relu
+from megatron.core.models.gpt import GPTModel
+from megatron.core.transformer.transformer_config import TransformerConfig
+
+from nemo_reason.backend import cuda_available, select
+from nemo_reason.backend.specs import gpt_layer_spec
+from nemo_reason.config.schema import RunConfig
+from nemo_reason.data.tokenizer import padded_vocab_size
+
+_ACTIVATIONS = {
+    "squared_relu": (squared_relu, False),
+    "relu": (F.relu, False),
+    "gelu": (F.gelu, False),
+    "swiglu": (F.silu, True),
+}
+
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp8": torch.bfloat16}
+
+
+def transformer_config(cfg: RunConfig, backend: str) -> TransformerConfig:
+    m, p, t = cfg.model, cfg.parallel, cfg.trainer
+    act, gated = _ACTIVATIONS[m.activation]
+    dtype = _DTYPES[t.precision]
+    on_cuda = cuda_available()
+    return TransformerConfig(
+        num_layers=m.num_layers,
+        hidden_size=m.hidden_size,
+        ffn_hidden_size=m.ffn_hidden_size,
+        num_attention_heads=m.num_attention_heads,
+        num_query_groups=m.num_query_groups or m.num_attention_heads,
+        kv_channels=m.kv_channels,
+        activation_func=act,
+        gated_linear_unit=gated,
+        normalization=m.normalization,
+        layernorm_epsilon=m.layernorm_epsilon,
+        add_bias_linear=m.add_bias_linear,
+        qk_layernorm=m.qk_layernorm,
+        hidden_dropout=m.hidden_dropout,
+        attention_dropout=m.attention_dropout,
+        init_method_std=m.init_method_std,
+        tensor_model_parallel_size=p.tp,
+        pipeline_model_parallel_size=p.pp,
+        virtual_pipeline_model_parallel_size=p.vpp,
+        context_parallel_size=p.cp,
+        sequence_parallel=p.sequence_parallel,
+        expert_model_parallel_size=p.ep,
+        expert_tensor_parallel_size=p.etp,
+        params_dtype=dtype,
+        pipeline_dtype=dtype,
+        bf16=t.precision in ("bf16", "fp8"),
+        fp16=t.precision == "fp16",
+        # Initialise full weights on the CPU and split them: identical models for every TP size.
+        use_cpu_initialization=not on_cuda,
+        perform_initialization=True,
+        # Fusions that need CUDA kernels (apex/TE/Triton) only where they exist.
+        bias_activation_fusion=False,
+        bias_dropout_fusion=on_cuda and backend == "te",
+        masked_softmax_fusion=on_cuda and backend == "te",
+        persist_layer_norm=on_cuda and backend == "te",
+        gradient_accumulation_fusion=False,
+        apply_rope_fusion=False,
+        cross_entropy_loss_fusion=False,
+        deallocate_pipeline_outputs=True,
+    )
+
+
+def build_model(cfg: RunConfig, vocab_size: int) -> List[GPTModel]:
+    """Model chunks of this rank (one per virtual pipeline stage), on this rank's device."""
+    backend = select(cfg.model.backend)
+    tcfg = transformer_config(cfg, backend)
+    spec = gpt_layer_spec(backend, normalization=cfg.model.normalization, qk_layernorm=cfg.model.qk_layernorm)
+    padded = padded_vocab_size(vocab_size, cfg.model.make_vocab_size_divisible_by, cfg.parallel.tp)
+    vpp = cfg.parallel.vpp
+    chunks = []
+    for vp_stage in range(vpp or 1):
+        stage = vp_stage if vpp else None
+        pre = parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=stage)
+        post = parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=stage)
+        model = GPTModel(
+            config=tcfg,
+            transformer_layer_spec=spec,
+            vocab_size=padded,
+            max_sequence_length=cfg.model.max_position_embeddings,
+            pre_process=pre,
+            post_process=post,
+            share_embeddings_and_output_weights=not cfg.model.untie_embeddings_and_output_weights,
+            position_embedding_type=cfg.model.position_embedding_type,
+            rotary_percent=cfg.model.rotary_percent,
+            rotary_base=cfg.model.rotary_base,
+            vp_stage=stage,
+        )
+        model.model_type = getattr(model, "model_type", None) or _encoder_or_decoder()
+        chunks.append(model)
+    if cuda_available():
+        for c in chunks:
+            c.to(_device())
+    return chunks
+
+
+def _encoder_or_decoder():
+    from megatron.core.enums import ModelType
+
+    return ModelType.encoder_or_decoder
+
+
+def _device():
+    from nemo_reason.backend.dist import device_for, read_env
+
+    return device_for(read_env().local_rank)

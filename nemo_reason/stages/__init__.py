@@ -1,0 +1,52 @@
+"""Pipeline step types: one module each, registered by name with :func:`register_step`.
+
+A step type is a function ``run(cfg, ctx) -> StepResult``. Adding one is one module here plus
+its import in :data:`_BUILTIN` below; ``nemo-reason list`` shows what is registered.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, Optional
+
+STEPS: Dict[str, Callable] = {}
+DOCS: Dict[str, str] = {}
+
+_BUILTIN = ("nemo_reason.stages.pretrain",)
+
+
+def register_step(name: str, doc: str = ""):
+    def deco(fn):
+        if name in STEPS:
+            raise ValueError(f"step type '{name}' is registered twice")
+        STEPS[name] = fn
+        DOCS[name] = doc or (fn.__doc__ or "").strip().splitlines()[0]
+        return fn
+
+    return deco
+
+
+def load_builtin_steps() -> Dict[str, Callable]:
+    for mod in _BUILTIN:
+        importlib.import_module(mod)
+    return STEPS
+
+
+@dataclass
+class StepContext:
+    """What a step gets besides its config: layout, where to write, what came before."""
+
+    dims: object
+    run_dir: Path
+    step_dir: Path
+    step_name: str
+    input_checkpoint: Optional[Path] = None
+    rank: int = 0
+
+
+@dataclass
+class StepResult:
+    checkpoint: Optional[Path]
+    metrics: dict = field(default_factory=dict)

@@ -1,0 +1,1 @@
+"""The shared training loop, optimizer and schedules, losses, and metrics."""
