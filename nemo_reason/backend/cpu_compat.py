@@ -28,6 +28,12 @@ Redirections, with the Megatron-Core 0.16.1 file they serve (see shared notes):
 - ``Tensor.type()`` string checks (distrib_optimizer.py:361/420/582, optimizer.py:671/690,
   clip_grads.py:167) see CUDA names for CPU tensors when the caller is Megatron code.
 - gloo's ``all_gather_into_tensor`` rejects 0-dim tensors that Megatron passes: reshaped to 1-dim.
+
+One Megatron bug on the path without apex/TE (torch AdamW fallback), fixed narrowly here because
+it only bites where that fallback runs: reloading the distributed optimizer (``fully_reshardable``)
+copies every key of the live per-parameter state, ``step`` included, from loaded tensors that
+never carry ``step`` (distrib_optimizer.py:937-940, KeyError 'step'). :func:`_fix_distopt_step_reload`
+skips ``step`` there; Megatron restores it from the param groups itself (distrib_optimizer.py:817-825).
 """
 
 from __future__ import annotations
@@ -200,6 +206,34 @@ def _import_megatron_modules() -> None:
     import megatron.core.transformer.moe.moe_layer  # noqa: F401
 
 
+def _fix_distopt_step_reload() -> None:
+    from megatron.core.optimizer import distrib_optimizer as dopt
+
+    if getattr(dopt, "HAVE_APEX_OR_TE", True):
+        return
+    cls = dopt.DistributedOptimizer
+    orig = cls._set_main_param_and_optimizer_states
+    if getattr(orig, "_nemo_reason_fixed", False):
+        return
+
+    @functools.wraps(orig)
+    def set_states(self, model_param, tensors):
+        if "step" in tensors:
+            return orig(self, model_param, tensors)
+        group_index, group_order = self.model_param_group_index_map[model_param]
+        main_param = self.optimizer.param_groups[group_index]["params"][group_order]
+        state = self.optimizer.state[main_param]
+        step = state.pop("step", None)
+        try:
+            return orig(self, model_param, tensors)
+        finally:
+            if step is not None:
+                state["step"] = step
+
+    set_states._nemo_reason_fixed = True
+    cls._set_main_param_and_optimizer_states = set_states
+
+
 def redirect_module(module: types.ModuleType) -> None:
     """Give one Megatron module the CPU view of torch (idempotent)."""
     g = module.__dict__
@@ -224,6 +258,7 @@ def install() -> bool:
     mrandom._set_cuda_rng_state = lambda new_state, *a, **k: torch.set_rng_state(new_state)
     mrandom._lazy_call = lambda fn, *a, **k: fn()
     _patch_torch_classes()
+    _fix_distopt_step_reload()
     _INSTALLED = True
     return True
 

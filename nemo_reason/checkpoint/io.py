@@ -71,12 +71,18 @@ def find_latest(ckpt_root: str | os.PathLike) -> Optional[Path]:
     return done[-1] if done else None
 
 
+# The distributed optimizer's default sharding ("fully_sharded_model_space") fails in
+# megatron-core 0.16.1 with "flattened_range is not supported"; "fully_reshardable" works and
+# reshards across DP/TP/PP changes.
+SHARDING_METADATA = {"distrib_optim_sharding_type": "fully_reshardable", "singleton_local_shards": False}
+
+
 def _model_sharded_state_dict(model_chunks) -> dict:
     sd = {}
     for i, chunk in enumerate(model_chunks):
         module = getattr(chunk, "module", chunk)
         key = "model" if len(model_chunks) == 1 else f"model{i}"
-        sd[key] = module.sharded_state_dict()
+        sd[key] = module.sharded_state_dict(metadata=dict(SHARDING_METADATA))
     return sd
 
 
@@ -93,6 +99,20 @@ def _prepare_optimizer_for_load(optimizer) -> None:
             for group in inner.param_groups:
                 for p in group["params"]:
                     inner.state[p].setdefault("step", torch.tensor(0.0))
+
+
+def _unshare_adam_steps(optimizer) -> None:
+    """Megatron restores torch AdamW's per-parameter ``step`` from one tensor shared by every
+    parameter (distrib_optimizer.py:817-825); AdamW increments it in place per parameter, so
+    after a reload the bias correction would advance by the number of parameters per step.
+    Give every parameter its own copy."""
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        inner = getattr(opt, "optimizer", None)
+        if inner is None:
+            continue
+        for state in inner.state.values():
+            if isinstance(state.get("step"), torch.Tensor):
+                state["step"] = state["step"].clone()
 
 
 def layout() -> dict:
@@ -120,10 +140,10 @@ def save(ckpt_root: str | os.PathLike, step: int, consumed_samples: int, model_c
     _barrier()
     t0 = time.time()
     sd = _model_sharded_state_dict(model_chunks)
-    sd["optimizer"] = optimizer.sharded_state_dict(dict(sd), is_loading=False)
+    sd["optimizer"] = optimizer.sharded_state_dict(dict(sd), is_loading=False, metadata=dict(SHARDING_METADATA))
     sd["scheduler"] = scheduler.state_dict()
     sd["train_state"] = {"step": step, "consumed_samples": consumed_samples}
-    dist_checkpointing.save(sd, str(tmp), content_metadata={"nemo_reason": 1})
+    dist_checkpointing.save(sd, str(tmp), content_metadata=dict(SHARDING_METADATA))
     torch.save(rng_state, tmp / "rng" / f"rank_{_rank():05d}.pt")
     _barrier()
     if _rank() == 0:
@@ -157,7 +177,7 @@ def load(ckpt_dir: str | os.PathLike, model_chunks, optimizer, scheduler, load_o
     sd = _model_sharded_state_dict(model_chunks)
     if load_optimizer:
         _prepare_optimizer_for_load(optimizer)
-        sd["optimizer"] = optimizer.sharded_state_dict(dict(sd), is_loading=True)
+        sd["optimizer"] = optimizer.sharded_state_dict(dict(sd), is_loading=True, metadata=dict(SHARDING_METADATA))
     sd["scheduler"] = scheduler.state_dict() if scheduler is not None else {}
     sd["train_state"] = {"step": 0, "consumed_samples": 0}
     loaded = dist_checkpointing.load(sd, str(ckpt_dir))
@@ -168,6 +188,7 @@ def load(ckpt_dir: str | os.PathLike, model_chunks, optimizer, scheduler, load_o
     if load_optimizer:
         with torch.no_grad():
             optimizer.load_state_dict(loaded["optimizer"])
+        _unshare_adam_steps(optimizer)
         if scheduler is not None:
             scheduler.load_state_dict(loaded["scheduler"])
     info = json.loads((ckpt_dir / "train_state.json").read_text())

@@ -128,6 +128,9 @@ class TrainerConfig:
     progress: bool = True
     # Keep only the newest N checkpoints of a step (0 keeps all).
     keep_last: int = 2
+    # Stop (with a checkpoint) after every N steps of this invocation's counter, like Megatron-LM's
+    # --exit-interval; re-running resumes. 0 runs to max_steps.
+    exit_interval: int = 0
 
     def validate(self) -> None:
         _check(self.max_steps >= 1, "trainer.max_steps must be >= 1")
@@ -137,6 +140,7 @@ class TrainerConfig:
         _check(self.log_every >= 1, "trainer.log_every must be >= 1")
         _check(self.save_every >= 0, "trainer.save_every must be >= 0")
         _check(self.eval_every >= 0, "trainer.eval_every must be >= 0")
+        _check(self.exit_interval >= 0, "trainer.exit_interval must be >= 0")
         _check(self.precision in ("fp32", "bf16", "fp16", "fp8"),
                f"trainer.precision={self.precision!r}: use fp32, bf16, fp16 or fp8")
 

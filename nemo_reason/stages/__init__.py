@@ -50,3 +50,5 @@ class StepContext:
 class StepResult:
     checkpoint: Optional[Path]
     metrics: dict = field(default_factory=dict)
+    # False when the step stopped early (exit_interval, preemption): the pipeline stops too.
+    completed: bool = True

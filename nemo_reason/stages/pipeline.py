@@ -60,6 +60,9 @@ def run_pipeline(cfg: RunConfig, dims) -> List[StepResult]:
                           input_checkpoint=prev_ckpt, rank=rank)
         t0 = time.time()
         result = steps[step.type](scfg, ctx)
+        results.append(result)
+        if not result.completed:
+            break
         if rank == 0:
             _write_json_atomic(done, {"type": step.type, "checkpoint": str(result.checkpoint) if result.checkpoint else None,
                                       "max_steps": scfg.trainer.max_steps, "metrics": result.metrics,
@@ -67,5 +70,4 @@ def run_pipeline(cfg: RunConfig, dims) -> List[StepResult]:
         if dist.is_initialized():
             dist.barrier()
         prev_ckpt = result.checkpoint
-        results.append(result)
     return results

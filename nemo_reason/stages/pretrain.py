@@ -16,4 +16,5 @@ def run(cfg, ctx: StepContext) -> StepResult:
     from nemo_reason.training.loop import train
 
     result = train(cfg, ctx, ctx.step_dir, lm_forward_step, init_checkpoint=ctx.input_checkpoint)
-    return StepResult(result.checkpoint, {"final_step": result.final_step, "loss": result.last_loss})
+    return StepResult(result.checkpoint, {"final_step": result.final_step, "loss": result.last_loss},
+                      completed=result.completed)

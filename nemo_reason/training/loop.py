@@ -48,6 +48,7 @@ class TrainResult:
     final_step: int
     last_loss: Optional[float]
     metrics: dict
+    completed: bool = True
 
 
 def wrap_ddp(cfg: RunConfig, chunks):
@@ -199,14 +200,20 @@ def train(cfg: RunConfig, ctx, step_dir: Path, forward_step: Callable, init_chec
                     record["eval_loss"] = evaluate(cfg, model, data.valid, dims, forward_step, step, num_micro)
                 writer.log(record)
                 window_t0, window_steps = time.time(), 0
-            if (t.save_every and step % t.save_every == 0) or step == t.max_steps:
+            exiting = bool(t.exit_interval) and step < t.max_steps and step % t.exit_interval == 0
+            if (t.save_every and step % t.save_every == 0) or step == t.max_steps or exiting:
                 _sync_params(cfg, model)
                 last_ckpt = ckpt.save(ckpt_root, step, consumed, model, optimizer, scheduler, config_yaml,
                                       bdist.get_rng_state(), keep_last=t.keep_last)
                 window_t0 = time.time()
+            if exiting:
+                if rank == 0:
+                    print(f"[nemo-reason] exit_interval reached at step {step}; re-run the same command to resume",
+                          flush=True)
+                break
     finally:
         writer.close()
-    return TrainResult(last_ckpt, step, last_loss, {"loss": last_loss})
+    return TrainResult(last_ckpt, step, last_loss, {"loss": last_loss}, completed=step >= t.max_steps)
 
 
 def _sync_params(cfg: RunConfig, model) -> None:
