@@ -238,17 +238,19 @@ def step_config(cfg: RunConfig, step) -> RunConfig:
     if not step.overrides:
         return cfg
     base = OmegaConf.structured(cfg)
-    dotlist = []
-    for k, v in step.overrides.items():
-        if k.split(".", 1)[0] == "pipeline":
-            raise ConfigError(f"step '{step.name or step.type}': overrides may not change `pipeline`")
-        dotlist.append(f"{k}={OmegaConf.to_yaml(v).strip() if not isinstance(v, str) else v}")
+    valid = set(_schema_keys())
     try:
-        merged = OmegaConf.merge(base, OmegaConf.from_dotlist(dotlist))
-        out = OmegaConf.to_object(merged)
-    except Exception as exc:  # noqa: BLE001
-        err = _explain(exc, ())
+        for k, v in step.overrides.items():
+            if k.split(".", 1)[0] == "pipeline":
+                raise ConfigError("overrides may not change `pipeline`")
+            if k not in valid and k.split(".", 1)[0] != "extra":
+                raise _unknown_key_error(k)
+            OmegaConf.update(base, k, v, merge=True)
+        out = OmegaConf.to_object(base)
+    except ConfigError as err:
         raise ConfigError(f"step '{step.name or step.type}' overrides: {err}") from None
+    except Exception as exc:  # noqa: BLE001
+        raise ConfigError(f"step '{step.name or step.type}' overrides: {_explain(exc, ())}") from None
     return out
 
 

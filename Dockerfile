@@ -1,0 +1,24 @@
+# nemo_reason on GPUs: the NGC PyTorch container brings CUDA, PyTorch, Transformer Engine and apex.
+#   docker build -t nemo_reason .
+#   docker run --gpus all --ipc=host --ulimit memlock=-1 --ulimit stack=67108864 \
+#       -v $PWD/runs:/workspace/nemo_reason/runs nemo_reason nemo-reason run nemotron4_15b
+ARG BASE_IMAGE=nvcr.io/nvidia/pytorch:25.04-py3
+FROM ${BASE_IMAGE}
+
+ENV PIP_NO_CACHE_DIR=1 \
+    PYTHONUNBUFFERED=1 \
+    CUDA_DEVICE_MAX_CONNECTIONS=1
+
+# Mamba-2 kernels for the hybrid models; built against the container's torch and CUDA.
+RUN pip install --no-build-isolation "causal-conv1d>=1.5" "mamba-ssm>=2.2"
+
+WORKDIR /workspace/nemo_reason
+COPY setup.py README.md ./
+COPY nemo_reason ./nemo_reason
+COPY recipes ./recipes
+COPY launchers ./launchers
+# Same megatron-core pin as on CPU (setup.py: >=0.16.1,<0.17). The container's own torch,
+# Transformer Engine and apex are kept: nothing here reinstalls them.
+RUN pip install -e . && python -c "import nemo_reason.cli, megatron.core; print(megatron.core.__version__)"
+
+CMD ["nemo-reason", "--help"]

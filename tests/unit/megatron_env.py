@@ -1,0 +1,27 @@
+"""A single-process Megatron environment for unit tests: gloo world of 1, parallel_state at size 1."""
+
+import os
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def megatron_single():
+    import torch.distributed as dist
+
+    from nemo_reason.backend import dist as bdist
+    from nemo_reason.backend import prepare
+    from nemo_reason.launch.ports import free_port
+    from nemo_reason.parallel import ParallelDims
+
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        os.environ.pop(k, None)
+    os.environ["MASTER_PORT"] = str(free_port())
+    bdist.init_process_group()
+    prepare("local")
+    dims = ParallelDims(1, 1, 1, 1, None, None, 1)
+    dims.init()
+    bdist.seed_everything(1234)
+    yield dims
+    ParallelDims.destroy()
+    dist.destroy_process_group()
