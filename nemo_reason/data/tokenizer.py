@@ -8,25 +8,17 @@ same registry.)
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List
+from typing import List
 
 import numpy as np
 from megatron.core.datasets.megatron_tokenizer import MegatronLegacyTokenizer
 
-TOKENIZERS: Dict[str, Callable[..., MegatronLegacyTokenizer]] = {}
+from nemo_reason.registry import Registry
+
+TOKENIZERS: Registry = Registry("tokenizer")
 
 
-def register_tokenizer(name: str):
-    def deco(fn):
-        if name in TOKENIZERS:
-            raise ValueError(f"tokenizer '{name}' is registered twice")
-        TOKENIZERS[name] = fn
-        return fn
-
-    return deco
-
-
-@register_tokenizer("byte")
+@TOKENIZERS.register("byte")
 class ByteTokenizer(MegatronLegacyTokenizer):
     """UTF-8 bytes plus two special tokens."""
 
@@ -65,9 +57,7 @@ class ByteTokenizer(MegatronLegacyTokenizer):
 
 
 def build_tokenizer(name: str) -> MegatronLegacyTokenizer:
-    if name not in TOKENIZERS:
-        raise ValueError(f"unknown tokenizer '{name}'; registered: {', '.join(sorted(TOKENIZERS))}")
-    return TOKENIZERS[name]()
+    return TOKENIZERS.get(name)()
 
 
 def padded_vocab_size(vocab_size: int, divisible_by: int, tp: int) -> int:

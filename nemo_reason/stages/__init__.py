@@ -9,26 +9,20 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import Optional
 
-STEPS: Dict[str, Callable] = {}
-DOCS: Dict[str, str] = {}
+from nemo_reason.registry import Registry
+
+STEPS: Registry = Registry("pipeline step type")
 
 _BUILTIN = ("nemo_reason.stages.pretrain",)
 
 
 def register_step(name: str, doc: str = ""):
-    def deco(fn):
-        if name in STEPS:
-            raise ValueError(f"step type '{name}' is registered twice")
-        STEPS[name] = fn
-        DOCS[name] = doc or (fn.__doc__ or "").strip().splitlines()[0]
-        return fn
-
-    return deco
+    return STEPS.register(name, doc)
 
 
-def load_builtin_steps() -> Dict[str, Callable]:
+def load_builtin_steps() -> Registry:
     for mod in _BUILTIN:
         importlib.import_module(mod)
     return STEPS

@@ -12,17 +12,9 @@ from functools import partial
 
 import torch
 
-LOSSES = {}
+from nemo_reason.registry import Registry
 
-
-def register_loss(name: str):
-    def deco(fn):
-        if name in LOSSES:
-            raise ValueError(f"loss '{name}' is registered twice")
-        LOSSES[name] = fn
-        return fn
-
-    return deco
+LOSSES: Registry = Registry("loss")
 
 
 def _masked_token_mean(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
@@ -34,7 +26,7 @@ def _masked_token_mean(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
     return loss_sum / tokens, {"lm loss": torch.stack([loss_sum.detach(), tokens.detach()])}
 
 
-@register_loss("lm")
+@LOSSES.register("lm")
 def lm_forward_step(data_iterator, model):
     """Next-token cross-entropy (Megatron's vocab-parallel loss inside GPTModel)."""
     batch = next(data_iterator)

@@ -43,6 +43,22 @@ def test_tp2_matches_tp1(workdir, baseline):
     _assert_close(losses(workdir / "tp2" / "pretrain"), baseline, 1e-4)
 
 
+def test_under_torchrun_each_process_is_a_rank(workdir, baseline):
+    """Started by torchrun (as a cluster script would), `nemo-reason run` runs as that rank."""
+    import subprocess
+    import sys
+
+    from nemo_reason.launch.ports import free_port
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc-per-node=2",
+           f"--rdzv-endpoint=127.0.0.1:{free_port()}", "--rdzv-backend=c10d",
+           "-m", "nemo_reason.cli", "run", "tiny", *FAST, "run.dir=torchrun", "parallel.tp=2",
+           "launcher.nproc_per_node=2"]
+    proc = subprocess.run(cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    _assert_close(losses(workdir / "torchrun" / "pretrain"), baseline, 1e-4)
+
+
 def test_dp2_distributed_optimizer_matches_one_process(baseline, dp2):
     _assert_close(dp2, baseline, 1e-4)
 
