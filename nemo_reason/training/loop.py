@@ -26,6 +26,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
 from megatron.core.pipeline_parallel import get_forward_backward_func
+from megatron.core.transformer.module import Float16Module
 from megatron.core.utils import get_model_config
 
 from nemo_reason.backend import dist as bdist
@@ -61,6 +62,10 @@ def wrap_ddp(cfg: RunConfig, chunks):
         average_in_collective=False,
     )
     tcfg = chunks[0].config
+    if tcfg.bf16 or tcfg.fp16:
+        # As Megatron-LM's get_model: the whole module in half precision (norms included), with
+        # inputs cast in and outputs cast back to fp32 by Megatron's Float16Module.
+        chunks = [Float16Module(tcfg, c) for c in chunks]
     model = [
         DistributedDataParallel(config=tcfg, ddp_config=ddp_config, module=c,
                                 # Megatron-LM: only the first chunk's buckets overlap with backward.

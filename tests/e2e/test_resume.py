@@ -77,3 +77,17 @@ def test_kill_during_save_leaves_no_complete_looking_checkpoint(workdir, uninter
     for step, ref in uninterrupted.items():
         assert abs(got[step] - ref) <= 1e-6 * abs(ref), (step, got[step], ref)
     assert not list(ckpts.glob(".tmp_iter_*")), "leftover partial save was not cleaned"
+
+
+def test_bf16_runs_through_float16_module_and_resumes_exactly(workdir):
+    """bf16: Megatron's Float16Module + Float16Optimizer (fp32 master weights), saved and resumed."""
+    args = ["run", "tiny", *FAST, "trainer.max_steps=4", "trainer.precision=bf16"]
+    run_cli(args + ["run.dir=bf16_full"], cwd=workdir)
+    run_cli(args + ["run.dir=bf16_stop", "trainer.exit_interval=2"], cwd=workdir)
+    proc = run_cli(args + ["run.dir=bf16_stop"], cwd=workdir)
+    assert "resumed from" in proc.stdout
+    full, resumed = losses(workdir / "bf16_full" / "pretrain"), losses(workdir / "bf16_stop" / "pretrain")
+    assert sorted(full) == sorted(resumed) == [1, 2, 3, 4]
+    for step in full:
+        assert abs(full[step] - resumed[step]) <= 1e-6 * abs(full[step]), (step, full[step], resumed[step])
+    assert full[4] < full[1]
