@@ -7,8 +7,8 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[2] / "nemo_reason"
 PATTERN = re.compile(
-    r"import transformer_engine|from transformer_engine|import mamba_ssm|from mamba_ssm|"
-    r"import causal_conv1d|from causal_conv1d|torch\.cuda\b|[\"']nccl[\"']|[\"']gloo[\"']"
+    r"(import|from) (transformer_engine|mamba_ssm|causal_conv1d|triton)\b|"
+    r"torch\.cuda\b|[\"']nccl[\"']|[\"']gloo[\"']"
 )
 ALLOWED: list = []  # keep it empty
 
