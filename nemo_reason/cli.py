@@ -1,6 +1,8 @@
 """``nemo-reason``: run, show and list recipes.
 
     nemo-reason run [RECIPE] [overrides...]     compose, validate, launch ranks, run the pipeline
+    nemo-reason launch [RECIPE] launcher=local|slurm|docker [overrides...] [--dry-run]
+                                                render the job for a launcher and submit it
     nemo-reason show RECIPE [overrides...]      print the fully resolved config as YAML
     nemo-reason list                            recipes and registered pipeline step types
 
@@ -68,13 +70,23 @@ def cmd_list(ns) -> int:
     steps = load_builtin_steps()
     for name in steps:
         print(f"  {name:<20} {steps.docs[name]}")
+    from nemo_reason.launch import load_builtin_launchers
+
+    print("launchers (nemo-reason launch RECIPE launcher=NAME):")
+    launchers = load_builtin_launchers()
+    for name in launchers:
+        print(f"  {name:<20} {launchers.docs[name]}")
     return 0
 
 
 def cmd_run(ns) -> int:
     from nemo_reason.config.store import to_yaml
-    from nemo_reason.launch.local import launched_by_torchrun_or_srun, spawn
+    from nemo_reason.launch.local import launched_by_torchrun_or_srun, node_rendezvous, spawn
 
+    if os.environ.get("NEMO_REASON_PREEMPT_SIGNAL"):  # set by the SLURM batch script
+        from nemo_reason.training import preemption
+
+        preemption.install(os.environ["NEMO_REASON_PREEMPT_SIGNAL"])
     recipe, overrides = _split_recipe(ns.args, "tiny")
     cfg = _compose(recipe, overrides)
     if launched_by_torchrun_or_srun():
@@ -85,19 +97,25 @@ def cmd_run(ns) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     print(f"[nemo-reason] recipe {recipe} -> {run_dir.resolve()}", flush=True)
     nproc = cfg.launcher.nproc_per_node
-    if cfg.launcher.nodes != 1:
-        raise ConfigError(
-            "launcher.nodes > 1 needs one `nemo-reason run` per node under torchrun or srun "
-            "(the launcher issue adds launcher=slurm)"
-        )
-    if nproc == 1:
+    # Several nodes: this is one node's agent in a SLURM job (launcher.elastic=true), or an error.
+    rdzv = node_rendezvous(cfg.launcher.nodes) if cfg.launcher.nodes != 1 else None
+    if nproc == 1 and rdzv is None:
         from nemo_reason.worker import run_worker
 
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         return run_worker(cfg)
-    path = run_dir / "launch_config.yaml"
+    path = run_dir / ("launch_config.yaml" if rdzv is None else f"launch_config.node{rdzv.node_rank}.yaml")
     path.write_text(to_yaml(cfg))
-    return spawn(path, nproc, cfg.launcher.master_port)
+    return spawn(path, nproc, cfg.launcher.master_port, rdzv, forward_signal=cfg.launcher.preempt_signal)
+
+
+def cmd_launch(ns) -> int:
+    from nemo_reason.launch import launch
+
+    args = [a for a in ns.args if a != "--dry-run"]
+    recipe, overrides = _split_recipe(args, "tiny")
+    cfg = _compose(recipe, overrides)
+    return launch(recipe, overrides, cfg, dry_run=ns.dry_run or len(args) != len(ns.args))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,6 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
                                    "ranks and run the pipeline. Re-running resumes.")
     p.add_argument("args", nargs=argparse.REMAINDER, metavar="[RECIPE] [overrides...]", help=over)
     p.set_defaults(fn=cmd_run)
+    p = sub.add_parser("launch", help="submit a recipe with a launcher: launcher=local|slurm|docker",
+                       description="Compose RECIPE with overrides, render the job for launcher.type "
+                                   "(launcher=local|slurm|docker) and submit it; --dry-run only prints it. "
+                                   "The job runs `nemo-reason run RECIPE overrides`.")
+    p.add_argument("--dry-run", action="store_true", help="print the job and where it would write; submit nothing")
+    p.add_argument("args", nargs=argparse.REMAINDER, metavar="[RECIPE] [overrides...]", help=over)
+    p.set_defaults(fn=cmd_launch)
     p = sub.add_parser("show", help="print the fully resolved config of a recipe",
                        description="Print RECIPE with overrides applied, fully resolved, as YAML.")
     p.add_argument("args", nargs=argparse.REMAINDER, metavar="RECIPE [overrides...]", help=over)

@@ -27,6 +27,11 @@ def quiet_libraries() -> None:
 
 
 def run_worker(cfg: RunConfig) -> int:
+    """Run the pipeline as this rank; returns 0, or 75 when it stopped for the preemption signal
+    with a checkpoint (training/preemption.py)."""
+    from nemo_reason.training import preemption
+
+    preemption.install(cfg.launcher.preempt_signal)  # first: the signal's default action kills
     quiet_libraries()
     # Megatron is imported only now, after its import-time warnings are filtered.
     from nemo_reason.backend import dist as bdist
@@ -42,10 +47,16 @@ def run_worker(cfg: RunConfig) -> int:
         from nemo_reason.stages.pipeline import run_pipeline
 
         run_pipeline(cfg, dims)
+        if preemption.exit_code():
+            # Every rank has closed its files before any exits: under `srun --kill-on-bad-exit` the
+            # first exit code 75 stops the other tasks.
+            import torch.distributed as dist
+
+            dist.barrier()
     finally:
         ParallelDims.destroy()
         bdist.destroy_process_group()
-    return 0
+    return preemption.exit_code()
 
 
 def main(argv=None) -> int:

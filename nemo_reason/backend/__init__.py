@@ -4,7 +4,8 @@ Only this package imports GPU-only packages (transformer_engine, mamba_ssm, caus
 calls ``torch.cuda`` or names a process-group backend. Everything else asks it:
 
 - :func:`select` turns ``model.backend`` (``auto|te|local``) into ``"te"`` or ``"local"``, once;
-- :mod:`.specs` builds Megatron layer specs for that choice;
+- :mod:`.specs` builds Megatron layer specs for that choice (and, for hybrids, Megatron's
+  ``MambaMixer`` where mamba-ssm/causal-conv1d import, else the portable mixer);
 - :mod:`.dist` picks the device and process-group backend (nccl on CUDA, gloo on CPU);
 - :mod:`.cpu_compat` redirects Megatron-Core's CUDA hard-codes when CUDA is absent.
 """
@@ -27,6 +28,11 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+def cuda_device_count() -> int:
+    """GPUs this process sees (the default of launcher.gpus_per_node for local and docker runs)."""
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
 @functools.lru_cache(maxsize=None)
 def te_importable() -> bool:
     """True when Transformer Engine imports (checked only on CUDA machines: TE's PyPI meta
@@ -36,6 +42,22 @@ def te_importable() -> bool:
     try:
         import transformer_engine.pytorch  # noqa: F401
     except Exception:  # noqa: BLE001 - any failure means "not usable here"
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=None)
+def mamba_kernels_importable() -> bool:
+    """True when mamba-ssm's Triton kernels and causal-conv1d's CUDA extension import (CUDA only):
+    then hybrid models use Megatron's own ``MambaMixer``, else the portable one."""
+    if not cuda_available():
+        return False
+    if importlib.util.find_spec("mamba_ssm") is None or importlib.util.find_spec("causal_conv1d") is None:
+        return False
+    try:
+        import causal_conv1d  # noqa: F401
+        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined  # noqa: F401
+    except Exception:  # noqa: BLE001 - a broken build is as good as none
         return False
     return True
 

@@ -28,6 +28,13 @@ Redirections, with the Megatron-Core 0.16.1 file they serve (see shared notes):
 - ``Tensor.type()`` string checks (distrib_optimizer.py:361/420/582, optimizer.py:671/690,
   clip_grads.py:167) see CUDA names for CPU tensors when the caller is Megatron code.
 - gloo's ``all_gather_into_tensor`` rejects 0-dim tensors that Megatron passes: reshaped to 1-dim.
+- Mamba: ``ssm/mamba_mixer.py:22-26`` imports three Triton kernels (``inference/contexts/
+  attention_context/triton/tensor_ops.py:6`` imports triton) used only by dynamic-batching
+  inference; without Triton a stand-in module makes the import succeed and raises if they are
+  called. ``ssm/mamba_mixer.py:303-360`` (``current_device``) then see the CPU like the rest, as does
+  ``transformer/attention.py:430`` (KV-cache buffers of a ``StaticInferenceContext``). The
+  hybrid model itself runs the portable mixer; Megatron's mixer is imported on CPU only by tests
+  that compare the two.
 
 One Megatron bug on the path without apex/TE (torch AdamW fallback), fixed narrowly here because
 it only bites where that fallback runs: reloading the distributed optimizer (``fully_reshardable``)
@@ -190,6 +197,29 @@ def _patch_torch_classes() -> None:
     torch.distributed.all_gather_into_tensor = all_gather_into_tensor
 
 
+_TRITON_TENSOR_OPS = "megatron.core.inference.contexts.attention_context.triton.tensor_ops"
+
+
+def _stub_triton_tensor_ops() -> None:
+    """Serves ssm/mamba_mixer.py:22-26 (import of tensor_get_slice_after, tensor_masked_update,
+    tensor_merge from triton/tensor_ops.py, which needs triton at its line 6); those kernels run only
+    in MambaMixer._dynamic_inference / dynamic-batching _ssm_prefill."""
+    import importlib.util
+
+    if _TRITON_TENSOR_OPS in sys.modules or importlib.util.find_spec("triton") is not None:
+        return
+    stub = types.ModuleType(_TRITON_TENSOR_OPS)
+    stub.__doc__ = "nemo_reason cpu_compat stand-in: Triton is not installed on this CPU machine."
+
+    def _needs_triton(*args, **kwargs):
+        raise RuntimeError("dynamic-batching Mamba inference needs Triton kernels (CUDA); "
+                           "use a StaticInferenceContext on CPU")
+
+    for fn in ("tensor_get_slice_after", "tensor_masked_update", "tensor_merge"):
+        setattr(stub, fn, _needs_triton)
+    sys.modules[_TRITON_TENSOR_OPS] = stub
+
+
 def _import_megatron_modules() -> None:
     # Load what a training step touches so that its modules see the CPU view below.
     import megatron.core.dist_checkpointing  # noqa: F401
@@ -197,6 +227,12 @@ def _import_megatron_modules() -> None:
     import megatron.core.dist_checkpointing.strategies.torch  # noqa: F401
     import megatron.core.distributed  # noqa: F401
     import megatron.core.models.gpt  # noqa: F401
+    import megatron.core.models.mamba  # noqa: F401
+    import megatron.core.transformer.attention  # noqa: F401  (attention.py:430 KV-cache allocation)
+    import megatron.core.ssm.mamba_block  # noqa: F401
+    import megatron.core.ssm.mamba_layer  # noqa: F401
+    import megatron.core.ssm.mamba_mixer  # noqa: F401  (after _stub_triton_tensor_ops)
+    import megatron.core.ssm.mlp_layer  # noqa: F401
     import megatron.core.optimizer  # noqa: F401
     import megatron.core.optimizer_param_scheduler  # noqa: F401
     import megatron.core.pipeline_parallel  # noqa: F401
@@ -248,6 +284,7 @@ def install() -> bool:
         return True
     if torch.cuda.is_available():
         return False
+    _stub_triton_tensor_ops()
     _import_megatron_modules()
     for name, module in list(sys.modules.items()):
         if name.startswith("megatron.core") and module is not None:

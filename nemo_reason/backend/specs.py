@@ -7,11 +7,23 @@
 
 Both specs give the same parameter names for the attention and MLP projections, so the model
 code never branches on the backend.
+
+Hybrid (Mamba) stacks, :func:`hybrid_stack_spec`:
+
+- ``te``: Megatron's ``mamba_stack_spec`` (TE linears with fused norms, TE attention, ``TENorm``);
+  its mixer is Megatron's ``MambaMixer`` where mamba-ssm and causal-conv1d import, else the
+  portable mixer (same parameters) inside the same TE linears.
+- ``local``: Megatron's ``MambaStack``/``MambaLayer``/``TransformerLayer``/``MLPLayer`` with its
+  ColumnParallel/RowParallel linears, torch norms, SDPA core attention, the portable mixer, and a
+  stack whose final norm is not ``TENorm`` (:mod:`.portable.mamba_stack`). The layers map their
+  separate norms onto TE's fused names in checkpoints (``norm.`` -> ``mixer.in_proj.layer_norm_``,
+  ...), as Megatron's local GPT spec does, so checkpoints move between the two backends.
 """
 
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 from megatron.core.transformer.spec_utils import ModuleSpec
 
@@ -30,3 +42,82 @@ def gpt_layer_spec(backend: str, *, normalization: str, qk_layernorm: bool = Fal
     spec = copy.deepcopy(get_gpt_layer_local_spec(qk_layernorm=qk_layernorm, normalization=normalization))
     spec.submodules.self_attention.submodules.core_attention = SDPACoreAttention
     return spec
+
+
+def hybrid_stack_spec(backend: str, *, chunk_size: int = 128) -> ModuleSpec:
+    """Spec of the decoder of Megatron's ``MambaModel`` for this backend."""
+    from nemo_reason.backend import mamba_kernels_importable
+    from nemo_reason.backend.portable.mamba_mixer import PortableMambaMixer
+
+    if backend == "te":
+        from megatron.core.models.mamba.mamba_layer_specs import mamba_stack_spec
+
+        # Copy only the path to the mixer (Megatron's spec holds objects deepcopy cannot copy).
+        layer = mamba_stack_spec.submodules.mamba_layer
+        mixer = layer.submodules.mixer
+        mixer = replace(mixer, module=mixer.module if mamba_kernels_importable() else PortableMambaMixer,
+                        params={**(mixer.params or {}), "chunk_size": chunk_size})
+        layer = replace(layer, submodules=replace(layer.submodules, mixer=mixer))
+        return replace(mamba_stack_spec, submodules=replace(mamba_stack_spec.submodules, mamba_layer=layer))
+    if backend != "local":
+        raise ValueError(f"backend must be 'te' or 'local', got {backend!r}")
+    return _local_hybrid_stack_spec(PortableMambaMixer, chunk_size)
+
+
+def _local_hybrid_stack_spec(mixer_cls, chunk_size: int) -> ModuleSpec:
+    from megatron.core.fusions.fused_bias_dropout import get_bias_dropout_add
+    from megatron.core.ssm.mamba_block import MambaStackSubmodules
+    from megatron.core.ssm.mamba_layer import MambaLayer, MambaLayerSubmodules
+    from megatron.core.ssm.mlp_layer import MLPLayer
+    from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
+    from megatron.core.transformer.attention import SelfAttention, SelfAttentionSubmodules
+    from megatron.core.transformer.enums import AttnMaskType
+    from megatron.core.transformer.mlp import MLP, MLPSubmodules
+    from megatron.core.transformer.torch_norm import WrappedTorchNorm
+    from megatron.core.transformer.transformer_layer import TransformerLayer, TransformerLayerSubmodules
+
+    from nemo_reason.backend.portable.attention import SDPACoreAttention
+    from nemo_reason.backend.portable.mamba_mixer import MambaMixerSubmodules
+    from nemo_reason.backend.portable.mamba_stack import MambaStack
+
+    mamba_layer = ModuleSpec(
+        module=MambaLayer,
+        submodules=MambaLayerSubmodules(
+            norm=WrappedTorchNorm,
+            mixer=ModuleSpec(module=mixer_cls, params={"chunk_size": chunk_size},
+                             submodules=MambaMixerSubmodules(in_proj=ColumnParallelLinear,
+                                                             out_proj=RowParallelLinear)),
+            mamba_bda=get_bias_dropout_add,
+            sharded_state_dict_keys_map={"norm.": "mixer.in_proj.layer_norm_"},
+        ),
+    )
+    attention_layer = ModuleSpec(
+        module=TransformerLayer,
+        submodules=TransformerLayerSubmodules(
+            input_layernorm=WrappedTorchNorm,
+            self_attention=ModuleSpec(
+                module=SelfAttention,
+                params={"attn_mask_type": AttnMaskType.causal},
+                submodules=SelfAttentionSubmodules(linear_qkv=ColumnParallelLinear, core_attention=SDPACoreAttention,
+                                                   linear_proj=RowParallelLinear),
+            ),
+            self_attn_bda=get_bias_dropout_add,
+            sharded_state_dict_keys_map={"input_layernorm.": "self_attention.linear_qkv.layer_norm_"},
+        ),
+    )
+    mlp_layer = ModuleSpec(
+        module=MLPLayer,
+        submodules=TransformerLayerSubmodules(
+            pre_mlp_layernorm=WrappedTorchNorm,
+            mlp=ModuleSpec(module=MLP, submodules=MLPSubmodules(linear_fc1=ColumnParallelLinear,
+                                                                linear_fc2=RowParallelLinear)),
+            mlp_bda=get_bias_dropout_add,
+            sharded_state_dict_keys_map={"pre_mlp_layernorm.": "mlp.linear_fc1.layer_norm_"},
+        ),
+    )
+    return ModuleSpec(
+        module=MambaStack,
+        params={"final_norm": WrappedTorchNorm},
+        submodules=MambaStackSubmodules(mamba_layer=mamba_layer, attention_layer=attention_layer,
+                                        mlp_layer=mlp_layer),
+    )

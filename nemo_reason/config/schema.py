@@ -11,6 +11,7 @@ size (``launcher.nodes * launcher.nproc_per_node``), as in Megatron-LM.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -26,7 +27,8 @@ def _check(cond: bool, msg: str) -> None:
 
 @dataclass
 class ModelConfig:
-    # Model family: "gpt" (dense GPTModel). Later issues add "hybrid" and "moe".
+    # Model family: "gpt" (dense GPTModel) or "hybrid" (Megatron MambaModel: Mamba-2, attention and
+    # MLP layers in a pattern, Nemotron-H). A later issue adds "moe".
     type: str = "gpt"
     # Layer implementation: "auto" (te with CUDA + Transformer Engine, else local), "te", "local".
     backend: str = "auto"
@@ -57,11 +59,32 @@ class ModelConfig:
     hidden_dropout: float = 0.0
     attention_dropout: float = 0.0
     init_method_std: float = 0.02
+    # --- hybrid only (type=hybrid); names follow Megatron's TransformerConfig / MambaModel ---
+    # Layer pattern, one symbol per layer: M Mamba-2, * attention, - MLP, E MoE (Megatron's
+    # hybrid_override_pattern), e.g. "M-M*-M-"; its length must equal num_layers. null: from the ratios.
+    hybrid_pattern: Optional[str] = None
+    # Target shares of attention / MLP layers when Megatron allocates the pattern itself (the rest are
+    # Mamba); with hybrid_pattern set, the pattern must hold the counts the ratios ask for.
+    hybrid_attention_ratio: float = 0.0
+    hybrid_mlp_ratio: float = 0.0
+    # Mamba-2 mixer: SSM state size N, head size P, B/C groups G (the unit of TP sharding), number of
+    # heads H (null: 2 * hidden_size / mamba_head_dim, Mamba's expand=2), SSD scan chunk length.
+    mamba_state_dim: int = 128
+    mamba_head_dim: int = 64
+    mamba_num_groups: int = 8
+    mamba_num_heads: Optional[int] = None
+    mamba_chunk_size: int = 128
+
+    @property
+    def mamba_heads(self) -> int:
+        return self.mamba_num_heads or 2 * self.hidden_size // self.mamba_head_dim
 
     def validate(self) -> None:
         from nemo_reason.backend import BACKENDS
 
-        _check(self.type in ("gpt",), f"model.type={self.type!r} is not one of: gpt")
+        _check(self.type in ("gpt", "hybrid"), f"model.type={self.type!r} is not one of: gpt, hybrid")
+        if self.type == "hybrid":
+            self._validate_hybrid()
         _check(self.backend in BACKENDS, f"model.backend={self.backend!r} is not one of {BACKENDS}")
         _check(self.activation in ("squared_relu", "gelu", "swiglu", "relu"),
                f"model.activation={self.activation!r}: use squared_relu, gelu, swiglu or relu")
@@ -80,6 +103,27 @@ class ModelConfig:
             _check(self.hidden_size % self.num_attention_heads == 0,
                    f"model.hidden_size={self.hidden_size} is not divisible by "
                    f"model.num_attention_heads={self.num_attention_heads}; set model.kv_channels")
+
+    def _validate_hybrid(self) -> None:
+        from nemo_reason.models.pattern import MOE, PatternError, allocate
+
+        try:
+            layers = allocate(self.num_layers, self.hybrid_attention_ratio, self.hybrid_mlp_ratio,
+                              self.hybrid_pattern)
+        except PatternError as err:
+            raise ConfigError(str(err)) from None
+        _check(MOE not in layers, "model.hybrid_pattern: MoE layers (E) need the MoE settings of a later "
+               "issue; use M, * and - for now")
+        _check(not self.qk_layernorm, "model.qk_layernorm=true: Megatron's hybrid (Mamba) stack spec has "
+               "no QK norm; set model.qk_layernorm=false for model.type=hybrid")
+        for name in ("mamba_state_dim", "mamba_head_dim", "mamba_num_groups", "mamba_chunk_size"):
+            _check(getattr(self, name) > 0, f"model.{name} must be positive")
+        _check(self.mamba_num_heads is not None or (2 * self.hidden_size) % self.mamba_head_dim == 0,
+               f"2 x model.hidden_size={2 * self.hidden_size} is not divisible by model.mamba_head_dim="
+               f"{self.mamba_head_dim}; set model.mamba_num_heads")
+        _check(self.mamba_heads > 0 and self.mamba_heads % self.mamba_num_groups == 0,
+               f"Mamba heads ({self.mamba_heads}) are not divisible by model.mamba_num_groups="
+               f"{self.mamba_num_groups}: every group needs the same number of heads")
 
 
 @dataclass
@@ -221,28 +265,106 @@ class RunSection:
     seed: int = 1234
     # Resume from the newest complete checkpoint in run.dir when there is one.
     resume: bool = True
+    # Stop after this pipeline step (its name); empty runs the whole pipeline. One SLURM job per
+    # step (launcher.chain_steps=true) sets it per job.
+    stop_after: str = ""
 
 
 @dataclass
 class LauncherConfig:
-    # "local" (spawn ranks on this machine); slurm and docker arrive with the launcher issue.
+    """Where and how the ranks run. ``nemo-reason run`` always runs on the machine it is started
+    on (or as one rank under torchrun/srun); ``nemo-reason launch`` hands the job to the launcher
+    named by ``type`` (select one with ``launcher=local|slurm|docker``)."""
+
+    # Registered launcher for `nemo-reason launch`: "local", "slurm" or "docker" (nemo_reason/launch/).
     type: str = "local"
-    # Ranks per node (GPUs per node on a GPU machine).
-    nproc_per_node: int = 1
+    # Ranks per node, for every launcher; null: one per GPU (gpus_per_node), or 1 without GPUs.
+    nproc_per_node: Optional[int] = None
     nodes: int = 1
-    gpus_per_node: int = 0
+    # GPUs per node; null: this machine's GPU count (local, docker). SLURM needs it set: 8 on a
+    # DGX H100, 0 on CPU nodes (then set nproc_per_node).
+    gpus_per_node: Optional[int] = None
     master_addr: str = "127.0.0.1"
-    # 0 picks a free port.
+    # Rendezvous port; 0: a free port (local), 20000 + job id % 20000 (slurm).
     master_port: int = 0
+    # Environment for the ranks (slurm: exported in the batch script; docker: `-e`), e.g.
+    # launcher.env={NCCL_DEBUG:INFO} or +launcher.env.NCCL_SOCKET_IFNAME=ib0.
+    env: Dict[str, str] = field(default_factory=dict)
+    # Container image: pyxis `srun --container-image` (slurm; empty runs on the host), `docker run` image.
+    container_image: str = ""
+    # Extra "SRC:DST[:FLAGS]" mounts (pyxis --container-mounts, docker -v); the run dir, the working
+    # directory and the data are mounted without being listed here.
+    container_mounts: List[str] = field(default_factory=list)
+    # --- slurm ---
+    partition: str = ""
+    account: str = ""
+    # Time limit, SLURM syntax ("04:00:00", "2-00:00:00"); empty: the partition's default.
+    time: str = ""
+    # Job name; empty: run.name.
+    job_name: str = ""
+    # CPUs per rank (sbatch and srun --cpus-per-task); null: SLURM's default.
+    cpus_per_task: Optional[int] = None
+    # Whole nodes (--exclusive), as DGX jobs run.
+    exclusive: bool = True
+    # One SLURM task per node running torch's elastic agent (like `srun torchrun`), which starts
+    # nproc_per_node ranks; false: one SLURM task per rank (Megatron-LM's usual way).
+    elastic: bool = False
+    # Extra sbatch / srun options, e.g. ["--qos=high", "--constraint=h100"].
+    sbatch_args: List[str] = field(default_factory=list)
+    srun_args: List[str] = field(default_factory=list)
+    # sbatch --dependency for the (first) job, e.g. "afterok:1234".
+    dependency: str = ""
+    # Submit one job per pipeline step, each after the previous one succeeded (afterok).
+    chain_steps: bool = False
+    # Preemption and time limits: this signal (sent `preempt_warning_s` before the time limit,
+    # #SBATCH --signal=B:USR1@N) makes every rank finish its step, save a checkpoint and stop;
+    # the batch script then requeues the job, at most `max_requeues` times. "" turns it off.
+    preempt_signal: str = "USR1"
+    preempt_warning_s: int = 300
+    max_requeues: int = 20
 
     def validate(self) -> None:
-        _check(self.type in ("local",), f"launcher.type={self.type!r}: use local")
-        _check(self.nproc_per_node >= 1, "launcher.nproc_per_node must be >= 1")
+        import signal
+
+        from nemo_reason.launch import load_builtin_launchers
+
+        try:
+            launcher = load_builtin_launchers().get(self.type)
+        except KeyError as err:
+            raise ConfigError(f"launcher.type: {err.args[0]}; select one with launcher=NAME") from None
+        _check(self.nproc_per_node is None or self.nproc_per_node >= 1,
+               "launcher.nproc_per_node must be >= 1 (or null: one rank per GPU)")
         _check(self.nodes >= 1, "launcher.nodes must be >= 1")
+        _check(self.gpus_per_node is None or self.gpus_per_node >= 0, "launcher.gpus_per_node must be >= 0")
+        _check(0 <= self.master_port < 65536, "launcher.master_port must be a TCP port (0: automatic)")
+        _check(not self.time or re.fullmatch(r"(\d+-)?\d+(:\d{1,2}){0,2}", self.time) is not None,
+               f"launcher.time={self.time!r}: use SLURM's syntax, e.g. 04:00:00 or 1-12:00:00")
+        _check(self.cpus_per_task is None or self.cpus_per_task >= 1, "launcher.cpus_per_task must be >= 1")
+        _check(not self.preempt_signal or hasattr(signal, "SIG" + self.preempt_signal),
+               f"launcher.preempt_signal={self.preempt_signal!r}: use a signal name without SIG, e.g. USR1")
+        _check(self.preempt_warning_s >= 0 and self.max_requeues >= 0,
+               "launcher.preempt_warning_s and launcher.max_requeues must be >= 0")
+        for m in self.container_mounts:
+            _check(len(m.split(":")) in (2, 3), f"launcher.container_mounts entry {m!r}: use SRC:DST[:FLAGS]")
+        for k in self.env:
+            _check(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(k)) is not None,
+                   f"launcher.env key {k!r} is not an environment variable name")
+        launcher.validate(self)
+
+    def resolve(self) -> None:
+        """Fill the per-node defaults once, at composition: ``gpus_per_node`` from this machine
+        when the launcher's ranks run here, then ``nproc_per_node`` = one rank per GPU (or 1)."""
+        from nemo_reason.launch import LAUNCHERS, load_builtin_launchers
+
+        load_builtin_launchers()
+        if self.gpus_per_node is None and self.type in LAUNCHERS:
+            self.gpus_per_node = LAUNCHERS[self.type].detect_gpus()
+        if self.nproc_per_node is None:
+            self.nproc_per_node = self.gpus_per_node or 1
 
     @property
     def world_size(self) -> int:
-        return self.nodes * self.nproc_per_node
+        return self.nodes * (self.nproc_per_node or self.gpus_per_node or 1)
 
 
 @dataclass
@@ -288,6 +410,16 @@ class RunConfig:
                f"model.num_query_groups={groups} is not divisible by parallel.tp={p.tp}")
         _check(m.ffn_hidden_size % p.tp == 0,
                f"model.ffn_hidden_size={m.ffn_hidden_size} is not divisible by parallel.tp={p.tp}")
+        if m.type == "hybrid":
+            # Megatron's MambaMixer splits Mamba heads and B/C groups across TP ranks (mamba_mixer.py
+            # asserts both); a group never straddles two ranks.
+            _check(m.mamba_num_groups % p.tp == 0,
+                   f"model.mamba_num_groups={m.mamba_num_groups} is not divisible by parallel.tp={p.tp}: "
+                   "each tensor-parallel rank holds whole Mamba groups; use a tp that divides it")
+            _check(m.mamba_heads % p.tp == 0,
+                   f"Mamba heads ({m.mamba_heads}) are not divisible by parallel.tp={p.tp}")
+            _check(p.vpp is None, "parallel.vpp: Megatron's MambaStack has no interleaved pipeline; "
+                   "use parallel.vpp=null for model.type=hybrid")
         stages = p.pp * (p.vpp or 1)
         _check(m.num_layers % stages == 0,
                f"model.num_layers={m.num_layers} is not divisible by pp x vpp = {stages}")
@@ -314,6 +446,8 @@ class RunConfig:
         names = [s.name or s.type for s in self.pipeline]
         _check(len(set(names)) == len(names),
                f"pipeline step names repeat ({names}): give repeated types distinct `name`s")
+        _check(not self.run.stop_after or self.run.stop_after in names,
+               f"run.stop_after={self.run.stop_after!r} is not a pipeline step; steps: {', '.join(names)}")
 
     @property
     def data_parallel_size(self) -> int:

@@ -182,9 +182,12 @@ def _translate_deletes(overrides: Sequence[str]) -> List[str]:
 def _check_no_stray_keys(cfg: DictConfig) -> None:
     """Reject keys that ``+`` added inside typed groups: only ``extra`` is free-form."""
     valid = set(_schema_keys())
+    schema = OmegaConf.structured(RunConfig)
+    # Dict fields (launcher.env, ...) take any key, like `extra`.
+    free = tuple(k + "." for k in valid if OmegaConf.get_type(OmegaConf.select(schema, k)) is dict)
     for key in _all_keys(cfg):
         top = key.split(".", 1)[0]
-        if top in ("extra", "pipeline") or key in valid:
+        if top in ("extra", "pipeline") or key in valid or key.startswith(free):
             continue
         err = _unknown_key_error(key)
         raise err
@@ -226,6 +229,7 @@ def to_run_config(cfg: DictConfig) -> RunConfig:
 
 def compose(recipe: str, overrides: Sequence[str] = (), validate: bool = True) -> RunConfig:
     cfg = to_run_config(compose_dictconfig(recipe, overrides))
+    cfg.launcher.resolve()
     for step in cfg.pipeline:
         step_config(cfg, step)  # validates every step's overrides up front
     if validate:

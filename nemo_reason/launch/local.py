@@ -3,16 +3,37 @@
 This is what ``torchrun --standalone --nproc-per-node N -m nemo_reason.worker CONFIG`` does,
 from Python: a c10d rendezvous on localhost, one worker process per rank with RANK/WORLD_SIZE/
 LOCAL_RANK/MASTER_ADDR/MASTER_PORT set, and the first failure reported with its rank.
+
+On SLURM with ``launcher.elastic=true`` the batch script starts one ``nemo-reason run`` per node
+(``NEMO_REASON_NODE_AGENT=1``); each spawns its node's ranks the same way, with a rendezvous on
+the allocation's first node (:func:`node_rendezvous`), as ``srun torchrun --nnodes ...`` would.
+
+The spawning process passes the preemption signal (``launcher.preempt_signal``) on to its ranks,
+and reports a run that stopped for it (exit code 75) as such rather than as a failure.
+
+``launcher=local`` for ``nemo-reason launch`` (:class:`LocalLauncher`) runs ``nemo-reason run``
+here, with its output also written to ``<run.dir>/logs/``.
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import sys
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
+from typing import List, Optional
 
+from nemo_reason.config.schema import ConfigError
+from nemo_reason.launch import register_launcher
+from nemo_reason.launch.job import Job, LaunchRequest, nemo_reason_command
 from nemo_reason.launch.ports import free_port
+
+NODE_AGENT_ENV = "NEMO_REASON_NODE_AGENT"
+# Same value as training.preemption.EXIT_PREEMPTED (not imported: that module imports torch).
+EXIT_PREEMPTED = 75
 
 
 def launched_by_torchrun_or_srun() -> bool:
@@ -20,6 +41,8 @@ def launched_by_torchrun_or_srun() -> bool:
     env = os.environ
     if "RANK" in env and "WORLD_SIZE" in env:
         return True
+    if env.get(NODE_AGENT_ENV) == "1":
+        return False  # one task per node (launcher.elastic): this process spawns the node's ranks
     return "SLURM_STEP_ID" in env and int(env.get("SLURM_NTASKS", "1")) > 1
 
 
@@ -27,30 +50,134 @@ def threads_per_rank(nproc: int) -> int:
     return max(1, (os.cpu_count() or 1) // nproc)
 
 
-def spawn(config_path: Path, nproc: int, master_port: int = 0) -> int:
-    """Run the worker on ``nproc`` local ranks; returns 0 on success, 1 if any rank failed."""
+@dataclass(frozen=True)
+class Rendezvous:
+    """A multi-node elastic rendezvous: this node among ``nnodes``, the c10d store at ``endpoint``."""
+
+    nnodes: int
+    node_rank: int
+    endpoint: str
+    run_id: str
+
+
+def node_rendezvous(nodes: int) -> Rendezvous:
+    """This node's rendezvous inside a SLURM job started with ``launcher.elastic=true`` (the batch
+    script sets MASTER_ADDR to the first node and MASTER_PORT)."""
+    env = os.environ
+    if env.get(NODE_AGENT_ENV) != "1" or "SLURM_JOB_ID" not in env:
+        raise ConfigError(
+            f"launcher.nodes={nodes}: a multi-node run starts one rank per task under srun or torchrun; "
+            "submit it with `nemo-reason launch RECIPE launcher=slurm launcher.nodes=N ...`")
+    got = int(env.get("SLURM_NNODES", env.get("SLURM_JOB_NUM_NODES", "1")))
+    if got != nodes:
+        raise ConfigError(f"launcher.nodes={nodes} but this SLURM job has {got} node(s)")
+    return Rendezvous(nodes, int(env.get("SLURM_NODEID", "0")),
+                      f"{env['MASTER_ADDR']}:{env['MASTER_PORT']}", f"slurm-{env['SLURM_JOB_ID']}")
+
+
+def _forward_signal(signal_name: str):
+    """Pass SIG<signal_name> on to the rank processes; returns a function that undoes it."""
+    if not signal_name:
+        return lambda: None
+    signum = getattr(signal, "SIG" + signal_name)
+
+    def forward(sig, frame):  # noqa: ARG001
+        import psutil
+
+        for child in psutil.Process().children(recursive=True):
+            try:
+                if "nemo_reason.worker" in " ".join(child.cmdline()):
+                    child.send_signal(sig)
+            except psutil.Error:
+                pass
+
+    previous = signal.signal(signum, forward)
+    return lambda: signal.signal(signum, previous)
+
+
+def spawn(config_path: Path, nproc: int, master_port: int = 0, rdzv: Optional[Rendezvous] = None,
+          forward_signal: str = "") -> int:
+    """Run the worker on ``nproc`` local ranks (of ``rdzv.nnodes`` nodes); returns 0 on success,
+    75 when the ranks stopped for the preemption signal (with a checkpoint), 1 if a rank failed."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    port = master_port or free_port()
+    if rdzv is None:
+        rdzv = Rendezvous(1, 0, f"127.0.0.1:{master_port or free_port()}", f"nemo-reason-{uuid.uuid4().hex[:8]}")
     os.environ.setdefault("OMP_NUM_THREADS", str(threads_per_rank(nproc)))
     lc = LaunchConfig(
-        min_nodes=1,
-        max_nodes=1,
+        min_nodes=rdzv.nnodes,
+        max_nodes=rdzv.nnodes,
         nproc_per_node=nproc,
-        run_id=f"nemo-reason-{uuid.uuid4().hex[:8]}",
+        run_id=rdzv.run_id,
         rdzv_backend="c10d",
-        rdzv_endpoint=f"127.0.0.1:{port}",
-        rdzv_configs={"is_host": True},
+        rdzv_endpoint=rdzv.endpoint,
+        rdzv_configs={"is_host": rdzv.node_rank == 0},
         max_restarts=0,
         monitor_interval=0.2,
         start_method="spawn",
     )
+    restore = _forward_signal(forward_signal)
     try:
         elastic_launch(lc, entrypoint=sys.executable)("-m", "nemo_reason.worker", str(config_path))
     except ChildFailedError as exc:
+        codes = [getattr(f, "exitcode", None) for f in exc.failures.values()]
+        if EXIT_PREEMPTED in codes and all(c == EXIT_PREEMPTED or (c is not None and c < 0) for c in codes):
+            return EXIT_PREEMPTED  # every rank stopped for the signal (the others, just after, by the agent)
         first = next(iter(exc.failures.values()), None)
         print(f"[nemo-reason] rank {getattr(first, 'local_rank', '?')} failed "
               f"(exit code {getattr(first, 'exitcode', '?')}); see its output above", file=sys.stderr)
         return 1
+    finally:
+        restore()
     return 0
+
+
+@register_launcher("local", "nemo-reason run on this machine: launcher.nproc_per_node ranks (torch elastic)")
+class LocalLauncher:
+    def detect_gpus(self) -> int:
+        from nemo_reason.backend import cuda_device_count
+
+        return cuda_device_count()
+
+    def validate(self, lc) -> None:
+        if lc.nodes != 1:
+            raise ConfigError(f"launcher=local runs on one node (launcher.nodes={lc.nodes}); "
+                              "use launcher=slurm for several")
+
+    def render(self, req: LaunchRequest) -> List[Job]:
+        argv = nemo_reason_command(False) + req.run_args(pin_sizes=False)
+        log = req.log_dir / f"{req.name}-local-{req.stamp}.log"
+        return [Job(req.name, argv, logs=str(log), meta={"log": str(log)})]
+
+    def submit(self, jobs: List[Job], req: LaunchRequest) -> int:
+        return run_teed(jobs[0].submit_argv, req, jobs[0].meta["log"])
+
+
+def run_teed(argv: List[str], req: LaunchRequest, log_path: str) -> int:
+    """Run ``argv`` in the foreground, its output to the terminal and appended to ``log_path``;
+    ``kill -SIG<launcher.preempt_signal>`` on this process reaches it."""
+    env = dict(os.environ)
+    if req.cfg.launcher.preempt_signal:  # the run catches it from its first line on
+        env["NEMO_REASON_PREEMPT_SIGNAL"] = req.cfg.launcher.preempt_signal
+    with open(log_path, "a") as log:
+        proc = subprocess.Popen(argv, cwd=req.cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, bufsize=1)
+        restore = _forward_to(proc, req.cfg.launcher.preempt_signal)
+        try:
+            for line in proc.stdout:
+                sys.stdout.write(line)
+                sys.stdout.flush()
+                log.write(line)
+                log.flush()
+            return proc.wait()
+        finally:
+            restore()
+
+
+def _forward_to(proc: subprocess.Popen, signal_name: str):
+    if not signal_name:
+        return lambda: None
+    signum = getattr(signal, "SIG" + signal_name)
+    previous = signal.signal(signum, lambda sig, frame: proc.send_signal(sig))
+    return lambda: signal.signal(signum, previous)

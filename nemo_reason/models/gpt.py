@@ -33,7 +33,8 @@ _ACTIVATIONS = {
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp8": torch.bfloat16}
 
 
-def transformer_config(cfg: RunConfig, backend: str) -> TransformerConfig:
+def transformer_config(cfg: RunConfig, backend: str, **extra) -> TransformerConfig:
+    """Megatron's TransformerConfig for this run; ``extra`` adds fields other model types need."""
     m, p, t = cfg.model, cfg.parallel, cfg.trainer
     act, gated = _ACTIVATIONS[m.activation]
     dtype = _DTYPES[t.precision]
@@ -77,6 +78,7 @@ def transformer_config(cfg: RunConfig, backend: str) -> TransformerConfig:
         apply_rope_fusion=False,
         cross_entropy_loss_fusion=False,
         deallocate_pipeline_outputs=True,
+        **extra,
     )
 
 

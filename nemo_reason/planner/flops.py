@@ -1,4 +1,4 @@
-"""Model FLOPs per step for dense GPT, with Megatron-LM's formula.
+"""Model FLOPs per step for dense GPT and hybrids, with Megatron-LM's formulas.
 
 Megatron-LM (``megatron/training/training.py``, ``num_floating_point_operations``) counts the
 matmul FLOPs of forward + backward (3x forward, 2 FLOPs per multiply-add):
@@ -24,8 +24,40 @@ def gpt_flops_per_step(*, batch: int, seq: int, num_layers: int, hidden: int, ff
     return 12.0 * batch * seq * num_layers * hidden**2 * (attention + mlp + logits)
 
 
+def hybrid_flops_per_step(*, batch: int, seq: int, hidden: int, layers: dict, ffn: int, heads: int, groups: int,
+                          kv_channels: int, vocab: int, gated: bool, mamba_heads: int, mamba_head_dim: int,
+                          mamba_groups: int, mamba_state: int) -> float:
+    """Megatron-LM's ``hybrid_flops`` (forward FLOPs per layer type, x3 for forward + backward).
+
+    ``layers`` counts layers by symbol ({"M": .., "*": .., "-": ..}). Per layer and token:
+    Mamba 2h(2 d_in + 2GN + H) in_proj + 7 d_in N scan + 2 d_in h out_proj; attention
+    4h(dn)(1 + g/n) + 2(dn)s (causal half of the scores); MLP 4hf (x1.5 gated); logits 2hV.
+    """
+    bs = batch * seq
+    d_in = mamba_heads * mamba_head_dim
+    mamba = 2 * bs * hidden * (2 * d_in + 2 * mamba_groups * mamba_state + mamba_heads) \
+        + 7 * bs * d_in * mamba_state + 2 * bs * d_in * hidden
+    q = kv_channels * heads
+    attention = 4 * bs * hidden * q * (1 + groups / heads) + 2 * bs * q * seq
+    mlp = 4 * bs * hidden * ffn * (1.5 if gated else 1.0)
+    logits = 2 * bs * hidden * vocab
+    fwd = layers.get("M", 0) * mamba + layers.get("*", 0) * attention + layers.get("-", 0) * mlp + logits
+    return 3.0 * fwd
+
+
 def flops_per_step_from_config(cfg, padded_vocab: int) -> float:
     m, t = cfg.model, cfg.trainer
+    if m.type == "hybrid":
+        from nemo_reason.models.pattern import allocate, counts
+
+        return hybrid_flops_per_step(
+            batch=t.global_batch_size, seq=t.seq_length, hidden=m.hidden_size,
+            layers=counts(allocate(m.num_layers, m.hybrid_attention_ratio, m.hybrid_mlp_ratio, m.hybrid_pattern)),
+            ffn=m.ffn_hidden_size, heads=m.num_attention_heads, groups=m.num_query_groups or m.num_attention_heads,
+            kv_channels=m.kv_channels or m.hidden_size // m.num_attention_heads, vocab=padded_vocab,
+            gated=m.activation == "swiglu", mamba_heads=m.mamba_heads, mamba_head_dim=m.mamba_head_dim,
+            mamba_groups=m.mamba_num_groups, mamba_state=m.mamba_state_dim,
+        )
     kv = m.kv_channels or m.hidden_size // m.num_attention_heads
     return gpt_flops_per_step(
         batch=t.global_batch_size, seq=t.seq_length, num_layers=m.num_layers, hidden=m.hidden_size,

@@ -3,6 +3,7 @@
 Per step, ``<run.dir>/<step name>/`` holds its checkpoints, metrics and a ``done.json`` marker.
 Re-running the same command skips finished steps (same ``max_steps``) and resumes the
 unfinished one from its newest complete checkpoint.
+``run.stop_after=NAME`` stops after that step (one job per step on SLURM).
 """
 
 from __future__ import annotations
@@ -41,7 +42,10 @@ def run_pipeline(cfg: RunConfig, dims) -> List[StepResult]:
         (run_dir / "config.yaml").write_text(to_yaml(cfg))
     results: List[StepResult] = []
     prev_ckpt = None
-    for step, name in zip(cfg.pipeline, step_names(cfg)):
+    names = step_names(cfg)
+    # run.stop_after: this invocation runs the steps up to that one (one SLURM job per step).
+    last = names.index(cfg.run.stop_after) + 1 if cfg.run.stop_after else len(names)
+    for step, name in list(zip(cfg.pipeline, names))[:last]:
         scfg = step_config(cfg, step)
         step_dir = run_dir / name
         done = step_dir / DONE

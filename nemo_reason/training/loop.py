@@ -38,6 +38,7 @@ from nemo_reason.data.tokenizer import padded_vocab_size
 from nemo_reason.models import build_model
 from nemo_reason.planner.flops import flops_per_step_from_config
 from nemo_reason.training.metrics import MetricsWriter
+from nemo_reason.training import preemption
 from nemo_reason.training.optimizer import build_optimizer, build_scheduler
 
 log = logging.getLogger(__name__)
@@ -163,6 +164,7 @@ def train(cfg: RunConfig, ctx, step_dir: Path, forward_step: Callable, init_chec
     last_ckpt = latest
     step = start_step
     window_t0, window_steps = time.time(), 0
+    preemption.install(cfg.launcher.preempt_signal)
     try:
         while step < t.max_steps:
             for m in model:
@@ -205,14 +207,18 @@ def train(cfg: RunConfig, ctx, step_dir: Path, forward_step: Callable, init_chec
                     record["eval_loss"] = evaluate(cfg, model, data.valid, dims, forward_step, step, num_micro)
                 writer.log(record)
                 window_t0, window_steps = time.time(), 0
-            exiting = bool(t.exit_interval) and step < t.max_steps and step % t.exit_interval == 0
+            # Every rank takes part in the preemption flag's all-reduce at every step but the last.
+            preempted = step < t.max_steps and preemption.agreed()
+            exiting = preempted or (bool(t.exit_interval) and step < t.max_steps and step % t.exit_interval == 0)
             if (t.save_every and step % t.save_every == 0) or step == t.max_steps or exiting:
                 _sync_params(cfg, model)
                 last_ckpt = ckpt.save(ckpt_root, step, consumed, model, optimizer, scheduler, config_yaml,
                                       bdist.get_rng_state(), keep_last=t.keep_last)
                 window_t0 = time.time()
             if exiting:
-                if rank == 0:
+                if preempted:
+                    preemption.record(ctx.run_dir, ctx.step_name, step, last_ckpt)
+                elif rank == 0:
                     print(f"[nemo-reason] exit_interval reached at step {step}; re-run the same command to resume",
                           flush=True)
                 break

@@ -5,7 +5,8 @@ import pytest
 from tests.conftest import run_cli
 
 
-@pytest.mark.parametrize("args", [["--help"], ["run", "--help"], ["show", "--help"], ["list", "--help"]])
+@pytest.mark.parametrize("args", [["--help"], ["run", "--help"], ["show", "--help"], ["list", "--help"],
+                                  ["launch", "--help"]])
 def test_help(tmp_path, args):
     proc = run_cli(args, cwd=tmp_path)
     assert "usage: nemo-reason" in proc.stdout
