@@ -11,6 +11,7 @@ the fused mamba-ssm kernels replace on a GPU. Appends a result block to docs/ben
     python benchmarks/bench_hybrid_vs_dense.py --steps 60 --repeats 3 [--record]
 """
 
+from machine import describe
 import argparse
 import json
 import os
@@ -44,19 +45,7 @@ def run(recipe: str, steps: int, workdir: Path) -> dict:
 
 
 def machine() -> str:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (f"{cpu}, {os.cpu_count()} cores (load average {load:.1f} at the end), Python "
-            f"{platform.python_version()}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    return describe(load=True)
 
 
 def main():

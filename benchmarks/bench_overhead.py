@@ -8,6 +8,7 @@ nemo-reason loop within 5% of the bare loop. Appends a result block to docs/benc
     python benchmarks/bench_overhead.py --steps 80 --repeats 3 [--record]
 """
 
+from machine import describe
 import argparse
 import json
 import os
@@ -39,17 +40,7 @@ def bare_tokens_per_s(steps: int, attention: str) -> float:
 
 
 def machine() -> str:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}"
+    return describe()
 
 
 def main():

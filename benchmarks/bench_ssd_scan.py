@@ -16,6 +16,7 @@ Targets: chunked >= 25x faster than naive at 1024 tokens, and chunked time per t
 the chunked and the naive timings get several times slower and erratic. --record appends to docs/benchmarks.md.
 """
 
+from machine import describe
 import argparse
 import os
 import platform
@@ -62,16 +63,7 @@ def measure(seqlen, scans, repeats):
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch thread(s), "
-            f"Python {platform.python_version()}, torch {torch.__version__}")
+    return describe(threads=True)
 
 
 def main():

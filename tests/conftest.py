@@ -56,6 +56,13 @@ def losses(step_dir: Path):
     return {r["step"]: r["loss"] for r in read_metrics(step_dir)}
 
 
+def assert_losses_close(got: dict, ref: dict, rel: float) -> None:
+    """Same logged steps, and every loss within `rel` relative of the reference."""
+    assert sorted(got) == sorted(ref), (sorted(got), sorted(ref))
+    for step in ref:
+        assert abs(got[step] - ref[step]) <= rel * abs(ref[step]), (step, got[step], ref[step])
+
+
 # Small and fast: the tiny recipe, a few steps, a loss at every step, no eval.
 FAST = ["trainer.max_steps=6", "trainer.log_every=1", "trainer.eval_every=0", "trainer.save_every=0",
         "trainer.progress=false", "model.num_layers=2", "data.num_documents=600"]

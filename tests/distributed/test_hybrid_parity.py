@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import losses, run_cli
+from tests.conftest import assert_losses_close, losses, run_cli
 
 HYBRID_FAST = ["trainer.max_steps=6", "trainer.log_every=1", "trainer.eval_every=0", "trainer.save_every=0",
                "trainer.progress=false", "data.num_documents=600", "trainer.seq_length=64",
@@ -21,12 +21,6 @@ TP2 = ["parallel.tp=2", "launcher.nproc_per_node=2"]
 # Losses of the TP=1 run below, to catch silent numeric changes in the mixer or the ops (rewrite it
 # from a fresh run's metrics.jsonl after an intended change).
 GOLDEN = Path(__file__).resolve().parents[1] / "assets" / "tiny_hybrid_fast_losses.json"
-
-
-def _assert_close(got, ref, rel):
-    assert sorted(got) == sorted(ref), (sorted(got), sorted(ref))
-    for step in ref:
-        assert abs(got[step] - ref[step]) <= rel * abs(ref[step]), (step, got[step], ref[step])
 
 
 def _run(workdir, name, *extra):
@@ -59,7 +53,7 @@ def test_hybrid_learns_and_matches_golden_losses(tp1):
 
 
 def test_hybrid_tp2_matches_tp1(tp1, tp2):
-    _assert_close(tp2, tp1, 1e-4)
+    assert_losses_close(tp2, tp1, 1e-4)
 
 
 def test_hybrid_resume_equals_uninterrupted_and_reshards_to_tp1(workdir, tp1, tp2):
@@ -68,8 +62,8 @@ def test_hybrid_resume_equals_uninterrupted_and_reshards_to_tp1(workdir, tp1, tp
     shutil.copytree(workdir / "stop", workdir / "reshard")
     second = _run(workdir, "stop", *TP2)
     assert "resumed from" in second.stdout and "(step 3," in second.stdout
-    _assert_close(losses(workdir / "stop" / "pretrain"), tp2, 1e-6)
+    assert_losses_close(losses(workdir / "stop" / "pretrain"), tp2, 1e-6)
     # The same TP=2 checkpoint, continued in one process.
     third = _run(workdir, "reshard")
     assert "resumed from" in third.stdout and "tp=1" in third.stdout
-    _assert_close(losses(workdir / "reshard" / "pretrain"), tp1, 1e-4)
+    assert_losses_close(losses(workdir / "reshard" / "pretrain"), tp1, 1e-4)

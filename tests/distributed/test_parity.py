@@ -6,13 +6,7 @@ through module-scoped fixtures: one single-process baseline, one TP=2, one DP=2 
 
 import pytest
 
-from tests.conftest import FAST, losses, run_cli
-
-
-def _assert_close(got, ref, rel):
-    assert sorted(got) == sorted(ref), (sorted(got), sorted(ref))
-    for step in ref:
-        assert abs(got[step] - ref[step]) <= rel * abs(ref[step]), (step, got[step], ref[step])
+from tests.conftest import assert_losses_close, FAST, losses, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +34,7 @@ def test_baseline_learns(baseline):
 def test_tp2_matches_tp1(workdir, baseline):
     proc = run_cli(["run", "tiny", *FAST, "run.dir=tp2", "parallel.tp=2", "launcher.nproc_per_node=2"], cwd=workdir)
     assert "tp=2" in proc.stdout
-    _assert_close(losses(workdir / "tp2" / "pretrain"), baseline, 1e-4)
+    assert_losses_close(losses(workdir / "tp2" / "pretrain"), baseline, 1e-4)
 
 
 def test_under_torchrun_each_process_is_a_rank(workdir, baseline):
@@ -56,11 +50,11 @@ def test_under_torchrun_each_process_is_a_rank(workdir, baseline):
            "launcher.nproc_per_node=2"]
     proc = subprocess.run(cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:]
-    _assert_close(losses(workdir / "torchrun" / "pretrain"), baseline, 1e-4)
+    assert_losses_close(losses(workdir / "torchrun" / "pretrain"), baseline, 1e-4)
 
 
 def test_dp2_distributed_optimizer_matches_one_process(baseline, dp2):
-    _assert_close(dp2, baseline, 1e-4)
+    assert_losses_close(dp2, baseline, 1e-4)
 
 
 def test_distributed_optimizer_resume_equals_uninterrupted(workdir, dp2):
@@ -70,7 +64,7 @@ def test_distributed_optimizer_resume_equals_uninterrupted(workdir, dp2):
     assert not (workdir / "dp2_resume" / "pretrain" / "done.json").exists()
     second = run_cli(args, cwd=workdir)
     assert "resumed from" in second.stdout and "(step 3," in second.stdout
-    _assert_close(losses(workdir / "dp2_resume" / "pretrain"), dp2, 1e-6)
+    assert_losses_close(losses(workdir / "dp2_resume" / "pretrain"), dp2, 1e-6)
 
 
 def test_checkpoint_saved_at_tp2_continues_at_tp1(workdir, baseline):
@@ -78,4 +72,4 @@ def test_checkpoint_saved_at_tp2_continues_at_tp1(workdir, baseline):
              "trainer.exit_interval=3"], cwd=workdir)
     proc = run_cli(["run", "tiny", *FAST, "run.dir=reshard"], cwd=workdir)
     assert "resumed from" in proc.stdout and "tp=1" in proc.stdout
-    _assert_close(losses(workdir / "reshard" / "pretrain"), baseline, 1e-4)
+    assert_losses_close(losses(workdir / "reshard" / "pretrain"), baseline, 1e-4)

@@ -1,0 +1,27 @@
+"""What machine a benchmark ran on, in one line for docs/benchmarks.md."""
+
+import os
+import platform
+from pathlib import Path
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def describe(threads: bool = False, load: bool = False) -> str:
+    import torch
+
+    parts = [cpu_model(), f"{os.cpu_count()} cores"]
+    if load and hasattr(os, "getloadavg"):
+        parts[-1] += f" (load average {os.getloadavg()[0]:.1f} at the end)"
+    if threads:
+        parts.append(f"{torch.get_num_threads()} torch thread(s)")
+    parts += [f"Python {platform.python_version()}", f"torch {torch.__version__}"]
+    return ", ".join(parts)
