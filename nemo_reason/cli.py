@@ -5,6 +5,13 @@
                                                 render the job for a launcher and submit it
     nemo-reason show RECIPE [overrides...]      print the fully resolved config as YAML
     nemo-reason list                            recipes and registered pipeline step types
+    nemo-reason plan RECIPE [overrides...] [--gpus N] [--json] [--step-time S]
+                                                check the parallel layout, size parameters, FLOPs,
+                                                per-GPU memory and MFU without running anything
+    nemo-reason prepare-data --input FILE... --output-prefix PREFIX [--tokenizer NAME|PATH] [...]
+                                                JSONL/Parquet -> Megatron .bin/.idx (nemo_reason/data/commands.py)
+    nemo-reason train-tokenizer --input FILE... --output DIR [--vocab-size N]
+                                                train a byte-level BPE on local text
 
 Overrides use Hydra's grammar: ``trainer.max_steps=20``, ``parallel.tp=2``, ``+extra.key=1``,
 ``~key``. Any configuration problem exits with code 2 before any work starts.
@@ -118,6 +125,56 @@ def cmd_launch(ns) -> int:
     return launch(recipe, overrides, cfg, dry_run=ns.dry_run or len(args) != len(ns.args))
 
 
+EXIT_INVALID_LAYOUT = 1
+
+
+def _plan_options(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("--gpus", type=int, default=None, metavar="N",
+                   help="plan for N GPUs instead of launcher.nodes x launcher.nproc_per_node")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    p.add_argument("--step-time", type=float, default=None, metavar="S",
+                   help="measured seconds per optimizer step: adds MFU = FLOPs per step / (S x GPUs x peak)")
+    p.add_argument("--peak-tflops", type=float, default=None, metavar="T",
+                   help="peak dense TFLOP/s per GPU for MFU (default: trainer.peak_tflops, else H100 bf16 989.4)")
+    p.add_argument("--recompute", choices=("none", "selective", "full"), default=None,
+                   help="activation recomputation counted in the total (default: the recipe's trainer.recompute)")
+    p.add_argument("--gpu-mem", type=float, default=80.0, metavar="GB",
+                   help="GPU memory to compare the estimate with (default 80, an H100)")
+    return p
+
+
+def cmd_plan(ns) -> int:
+    import json
+
+    from nemo_reason.config.store import compose, recipe_name_default
+    from nemo_reason.planner.report import format_report, plan
+
+    # Options may come before RECIPE (parsed into ns) or among the overrides (parsed here).
+    inner = _plan_options(argparse.ArgumentParser(add_help=False))
+    inner.set_defaults(recompute=None, gpu_mem=None)
+    opts, rest = inner.parse_known_args(ns.args)
+    for name in ("gpus", "step_time", "peak_tflops", "recompute", "gpu_mem"):
+        if getattr(opts, name) is None:
+            setattr(opts, name, getattr(ns, name))
+    opts.json = opts.json or ns.json
+    bad = [a for a in rest if a.startswith("--")]
+    if bad:
+        raise ConfigError(f"plan: unknown option {bad[0]} (see `nemo-reason plan --help`)")
+    recipe, overrides = _split_recipe(rest, None)
+    if recipe is None:
+        raise ConfigError("plan needs a RECIPE (see `nemo-reason list`)")
+    cfg = compose(recipe, overrides, validate=False)
+    recipe_name_default(cfg, recipe)
+    # Values wrong by themselves are configuration errors (exit 2, as for `run`); the layout rules
+    # that cross groups are what the plan reports (exit 1).
+    for group in (cfg.model, cfg.trainer, cfg.optim, cfg.data, cfg.launcher):
+        group.validate()
+    report = plan(cfg, world=opts.gpus, step_time=opts.step_time, peak_tflops=opts.peak_tflops,
+                  recompute=opts.recompute or cfg.trainer.recompute, gpu_memory_gb=opts.gpu_mem)
+    print(json.dumps(report, indent=1) if opts.json else format_report(report))
+    return 0 if report["valid"] else EXIT_INVALID_LAYOUT
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nemo-reason",
@@ -144,6 +201,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="list recipes and pipeline step types",
                        description="List the recipes in recipes/ and the registered pipeline step types.")
     p.set_defaults(fn=cmd_list)
+    p = sub.add_parser("plan", help="check a recipe's parallel layout; parameters, FLOPs, memory, MFU",
+                       description="Compose RECIPE with overrides and report, without running anything: every "
+                                   "parallel-layout rule it breaks (exit 1), parameters (total and active per "
+                                   "token), model FLOPs per token, per-GPU memory (weights, gradients, optimizer "
+                                   "states, activations) and, with --step-time, MFU. Formulas: docs/planner.md.")
+    _plan_options(p)
+    p.add_argument("args", nargs=argparse.REMAINDER, metavar="RECIPE [overrides...]", help=over)
+    p.set_defaults(fn=cmd_plan)
+    from nemo_reason.data.commands import add_data_commands
+
+    add_data_commands(sub)  # prepare-data, train-tokenizer
     return parser
 
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 import functools
 import importlib.util
 
-import torch
-
+# torch is imported inside the functions that need it: config validation (and so `nemo-reason plan`,
+# `show`) reads BACKENDS without paying for torch's import.
 BACKENDS = ("auto", "te", "local")
 
 
@@ -25,11 +25,15 @@ class BackendError(RuntimeError):
 
 
 def cuda_available() -> bool:
+    import torch
+
     return torch.cuda.is_available()
 
 
 def cuda_device_count() -> int:
     """GPUs this process sees (the default of launcher.gpus_per_node for local and docker runs)."""
+    import torch
+
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 

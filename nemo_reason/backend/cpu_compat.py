@@ -21,13 +21,16 @@ Redirections, with the Megatron-Core 0.16.1 file they serve (see shared notes):
   p2p_communication.py:242/398, filesystem_async.py:230, distributed_data_parallel.py:230,
   param_and_grad_buffer.py:417-529, moe/token_dispatcher.py:445/871-898.
 - ``torch.{zeros,empty,ones,full,tensor,arange}(device="cuda")`` -> CPU: schedules.py:596/983/2138,
-  param_and_grad_buffer.py:768.
+  param_and_grad_buffer.py:768; ``pin_memory=True`` -> False (no pinned allocator without CUDA):
+  rope_utils.py:62-64 (RoPE's context-parallel chunk index).
 - CUDA RNG (``tensor_parallel/random.py``: manual_seed, get/set_rng_state, the tracker's
   ``_get_cuda_rng_state``/``_set_cuda_rng_state``) -> the CPU generator; the tracker's
   fork/restore semantics are kept, so dropout regions draw from the model-parallel stream.
 - ``Tensor.type()`` string checks (distrib_optimizer.py:361/420/582, optimizer.py:671/690,
   clip_grads.py:167) see CUDA names for CPU tensors when the caller is Megatron code.
 - gloo's ``all_gather_into_tensor`` rejects 0-dim tensors that Megatron passes: reshaped to 1-dim.
+- MoE: the all-to-all dispatcher's split sizes become numpy arrays on CPU as they do on CUDA
+  (moe_utils.py:1093-1098), and its side-stream event (token_dispatcher.py:895-899) is a no-op.
 - Mamba: ``ssm/mamba_mixer.py:22-26`` imports three Triton kernels (``inference/contexts/
   attention_context/triton/tensor_ops.py:6`` imports triton) used only by dynamic-batching
   inference; without Triton a stand-in module makes the import succeed and raises if they are
@@ -36,8 +39,9 @@ Redirections, with the Megatron-Core 0.16.1 file they serve (see shared notes):
   hybrid model itself runs the portable mixer; Megatron's mixer is imported on CPU only by tests
   that compare the two.
 
-One Megatron bug on the path without apex/TE (torch AdamW fallback), fixed narrowly here because
-it only bites where that fallback runs: reloading the distributed optimizer (``fully_reshardable``)
+Two Megatron 0.16.1 bugs on the path without TE, fixed narrowly here because they only bite where
+that path runs: the MoE router's gating GEMM names ``te_general_gemm``, unbound without TE
+(:func:`_fix_moe_router_gemm_without_te`); and, on the torch AdamW fallback (no apex/TE), reloading the distributed optimizer (``fully_reshardable``)
 copies every key of the live per-parameter state, ``step`` included, from loaded tensors that
 never carry ``step`` (distrib_optimizer.py:937-940, KeyError 'step'). :func:`_fix_distopt_step_reload`
 skips ``step`` there; Megatron restores it from the param groups itself (distrib_optimizer.py:817-825).
@@ -79,6 +83,10 @@ class _NoOpStream:
 
     def query(self):
         return True
+
+    def record_event(self, *args, **kwargs):
+        # moe/token_dispatcher.py:895-899 records an event on its side stream and later waits on it.
+        return _NoOpStream()
 
     def elapsed_time(self, other):
         return 0.0
@@ -139,6 +147,9 @@ def _device_redirecting(fn):
     def wrapper(*args, **kwargs):
         if "device" in kwargs:
             kwargs["device"] = _to_cpu_device(kwargs["device"])
+        if kwargs.get("pin_memory"):
+            # Pinned host memory needs a CUDA allocator; it only speeds host-to-device copies.
+            kwargs["pin_memory"] = False
         return fn(*args, **kwargs)
 
     return wrapper
@@ -270,6 +281,37 @@ def _fix_distopt_step_reload() -> None:
     cls._set_main_param_and_optimizer_states = set_states
 
 
+def _fix_moe_router_gemm_without_te() -> None:
+    """moe/moe_utils.py:1192/1225 test ``te_general_gemm is not None`` but the name is only bound
+    when Transformer Engine imports (moe_utils.py:25-37), so the router's gating GEMM raises
+    NameError without TE. Binding it to None selects Megatron's own torch.mm path there."""
+    from megatron.core.transformer.moe import moe_utils
+
+    if "te_general_gemm" not in moe_utils.__dict__:
+        moe_utils.te_general_gemm = None
+
+
+def _split_sizes_as_numpy_on_cpu() -> None:
+    """moe/moe_utils.py:1093-1098 (``maybe_move_tensor_to_cpu``) turns the all-to-all split sizes
+    into numpy arrays only for CUDA tensors; for CPU tensors it returns the tensor, which
+    ``all_to_all_single`` rejects as split sizes (token_dispatcher.py:876-886). On CPU the device
+    copy is already done, so only the numpy conversion is applied, as on CUDA."""
+    from megatron.core.transformer.moe import token_dispatcher
+
+    orig = token_dispatcher.maybe_move_tensor_to_cpu
+    if getattr(orig, "_nemo_reason_fixed", False):
+        return
+
+    @functools.wraps(orig)
+    def move(tensor, as_numpy=False, record_stream=False):
+        if as_numpy and torch.is_tensor(tensor) and tensor.device.type == "cpu":
+            return tensor.numpy()
+        return orig(tensor, as_numpy=as_numpy, record_stream=record_stream)
+
+    move._nemo_reason_fixed = True
+    token_dispatcher.maybe_move_tensor_to_cpu = move
+
+
 def redirect_module(module: types.ModuleType) -> None:
     """Give one Megatron module the CPU view of torch (idempotent)."""
     g = module.__dict__
@@ -296,6 +338,8 @@ def install() -> bool:
     mrandom._lazy_call = lambda fn, *a, **k: fn()
     _patch_torch_classes()
     _fix_distopt_step_reload()
+    _fix_moe_router_gemm_without_te()
+    _split_sizes_as_numpy_on_cpu()
     _INSTALLED = True
     return True
 

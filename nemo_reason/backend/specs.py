@@ -28,19 +28,53 @@ from dataclasses import replace
 from megatron.core.transformer.spec_utils import ModuleSpec
 
 
-def gpt_layer_spec(backend: str, *, normalization: str, qk_layernorm: bool = False) -> ModuleSpec:
+def gpt_layer_spec(backend: str, config=None, *, normalization: str, qk_layernorm: bool = False,
+                   vp_stage=None):
+    """The decoder spec of a ``GPTModel``.
+
+    te: Megatron's TE layer spec, or with experts its decoder block spec (MoE layers every
+    ``moe_layer_freq`` layers). local: Megatron's decoder block spec of this pipeline stage with
+    the portable core attention and norms (so sequence parallelism works without apex).
+    """
+    if backend not in ("te", "local"):
+        raise ValueError(f"backend must be 'te' or 'local', got {backend!r}")
+    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_decoder_block_spec
+
     if backend == "te":
+        if config is not None and config.num_moe_experts:
+            return get_gpt_decoder_block_spec(config, use_transformer_engine=True, normalization=normalization,
+                                              vp_stage=vp_stage)
         from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
 
         return get_gpt_layer_with_transformer_engine_spec(qk_layernorm=qk_layernorm)
-    if backend != "local":
-        raise ValueError(f"backend must be 'te' or 'local', got {backend!r}")
-    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+    block = get_gpt_decoder_block_spec(config, use_transformer_engine=False, normalization=normalization,
+                                       vp_stage=vp_stage)
+    block.layer_specs = [_portable_layer(s) for s in block.layer_specs]
+    block.layer_norm = _portable_norm(block.layer_norm)
+    return block
 
+
+def _portable_norm(norm):
+    from megatron.core.transformer.torch_norm import WrappedTorchNorm
+
+    from nemo_reason.backend.portable.norm import PortableNorm
+
+    return PortableNorm if norm is WrappedTorchNorm else norm
+
+
+def _portable_layer(layer_spec: ModuleSpec) -> ModuleSpec:
+    """Megatron's local layer spec with core attention swapped for the SDPA one and torch norms for
+    the sequence-parallel-capable portable norm."""
     from nemo_reason.backend.portable.attention import SDPACoreAttention
 
-    spec = copy.deepcopy(get_gpt_layer_local_spec(qk_layernorm=qk_layernorm, normalization=normalization))
-    spec.submodules.self_attention.submodules.core_attention = SDPACoreAttention
+    spec = copy.deepcopy(layer_spec)
+    sub = spec.submodules
+    sub.self_attention.submodules.core_attention = SDPACoreAttention
+    sub.input_layernorm = _portable_norm(sub.input_layernorm)
+    sub.pre_mlp_layernorm = _portable_norm(sub.pre_mlp_layernorm)
+    att = sub.self_attention.submodules
+    att.q_layernorm = _portable_norm(att.q_layernorm)
+    att.k_layernorm = _portable_norm(att.k_layernorm)
     return spec
 
 
@@ -73,17 +107,17 @@ def _local_hybrid_stack_spec(mixer_cls, chunk_size: int) -> ModuleSpec:
     from megatron.core.transformer.attention import SelfAttention, SelfAttentionSubmodules
     from megatron.core.transformer.enums import AttnMaskType
     from megatron.core.transformer.mlp import MLP, MLPSubmodules
-    from megatron.core.transformer.torch_norm import WrappedTorchNorm
     from megatron.core.transformer.transformer_layer import TransformerLayer, TransformerLayerSubmodules
 
     from nemo_reason.backend.portable.attention import SDPACoreAttention
     from nemo_reason.backend.portable.mamba_mixer import MambaMixerSubmodules
+    from nemo_reason.backend.portable.norm import PortableNorm
     from nemo_reason.backend.portable.mamba_stack import MambaStack
 
     mamba_layer = ModuleSpec(
         module=MambaLayer,
         submodules=MambaLayerSubmodules(
-            norm=WrappedTorchNorm,
+            norm=PortableNorm,
             mixer=ModuleSpec(module=mixer_cls, params={"chunk_size": chunk_size},
                              submodules=MambaMixerSubmodules(in_proj=ColumnParallelLinear,
                                                              out_proj=RowParallelLinear)),
@@ -94,7 +128,7 @@ def _local_hybrid_stack_spec(mixer_cls, chunk_size: int) -> ModuleSpec:
     attention_layer = ModuleSpec(
         module=TransformerLayer,
         submodules=TransformerLayerSubmodules(
-            input_layernorm=WrappedTorchNorm,
+            input_layernorm=PortableNorm,
             self_attention=ModuleSpec(
                 module=SelfAttention,
                 params={"attn_mask_type": AttnMaskType.causal},
@@ -108,16 +142,29 @@ def _local_hybrid_stack_spec(mixer_cls, chunk_size: int) -> ModuleSpec:
     mlp_layer = ModuleSpec(
         module=MLPLayer,
         submodules=TransformerLayerSubmodules(
-            pre_mlp_layernorm=WrappedTorchNorm,
+            pre_mlp_layernorm=PortableNorm,
             mlp=ModuleSpec(module=MLP, submodules=MLPSubmodules(linear_fc1=ColumnParallelLinear,
                                                                 linear_fc2=RowParallelLinear)),
             mlp_bda=get_bias_dropout_add,
             sharded_state_dict_keys_map={"pre_mlp_layernorm.": "mlp.linear_fc1.layer_norm_"},
         ),
     )
+    from megatron.core.models.gpt.moe_module_specs import get_moe_module_spec
+
+    # E layers: Megatron's MoE layer (local experts: SequentialMLP; router and dispatchers are
+    # Megatron's), in a pre-norm transformer layer as Megatron's mamba_stack_spec has it.
+    moe_layer = ModuleSpec(
+        module=TransformerLayer,
+        submodules=TransformerLayerSubmodules(
+            pre_mlp_layernorm=PortableNorm,
+            mlp=get_moe_module_spec(use_te=False, num_experts=8, moe_grouped_gemm=False),
+            mlp_bda=get_bias_dropout_add,
+            sharded_state_dict_keys_map={"pre_mlp_layernorm.": "mlp.linear_fc1.layer_norm_"},
+        ),
+    )
     return ModuleSpec(
         module=MambaStack,
-        params={"final_norm": WrappedTorchNorm},
+        params={"final_norm": PortableNorm},
         submodules=MambaStackSubmodules(mamba_layer=mamba_layer, attention_layer=attention_layer,
-                                        mlp_layer=mlp_layer),
+                                        mlp_layer=mlp_layer, moe_layer=moe_layer),
     )

@@ -6,124 +6,19 @@ at composition time. Each group checks itself in ``validate()``; :meth:`RunConfi
 checks the rules that cross groups (world size, batch sizes, ...).
 
 ``parallel`` holds model-parallel sizes only; the data-parallel size is derived from the world
-size (``launcher.nodes * launcher.nproc_per_node``), as in Megatron-LM.
+size (``launcher.nodes * launcher.nproc_per_node``), as in Megatron-LM. ``ModelConfig`` lives in
+:mod:`.model` and ``ConfigError`` in :mod:`.errors`; both are re-exported here.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message names the field and the fix."""
-
-
-def _check(cond: bool, msg: str) -> None:
-    if not cond:
-        raise ConfigError(msg)
-
-
-@dataclass
-class ModelConfig:
-    # Model family: "gpt" (dense GPTModel) or "hybrid" (Megatron MambaModel: Mamba-2, attention and
-    # MLP layers in a pattern, Nemotron-H). A later issue adds "moe".
-    type: str = "gpt"
-    # Layer implementation: "auto" (te with CUDA + Transformer Engine, else local), "te", "local".
-    backend: str = "auto"
-    num_layers: int = 2
-    hidden_size: int = 64
-    # MLP inner size (Nemotron-4 uses 4x hidden with squared-ReLU).
-    ffn_hidden_size: int = 256
-    num_attention_heads: int = 4
-    # Key/value heads for grouped-query attention; null means multi-head attention.
-    num_query_groups: Optional[int] = None
-    # Per-head size; null means hidden_size / num_attention_heads.
-    kv_channels: Optional[int] = None
-    # "squared_relu" (Nemotron), "gelu", "swiglu" (gated SiLU, Llama).
-    activation: str = "squared_relu"
-    # "LayerNorm" or "RMSNorm".
-    normalization: str = "LayerNorm"
-    layernorm_epsilon: float = 1e-5
-    add_bias_linear: bool = False
-    qk_layernorm: bool = False
-    # "rope", "learned_absolute" or "none".
-    position_embedding_type: str = "rope"
-    rotary_base: int = 10000
-    rotary_percent: float = 1.0
-    max_position_embeddings: int = 4096
-    untie_embeddings_and_output_weights: bool = True
-    # Vocabulary is padded to a multiple of this (and of TP) as in Megatron-LM.
-    make_vocab_size_divisible_by: int = 128
-    hidden_dropout: float = 0.0
-    attention_dropout: float = 0.0
-    init_method_std: float = 0.02
-    # --- hybrid only (type=hybrid); names follow Megatron's TransformerConfig / MambaModel ---
-    # Layer pattern, one symbol per layer: M Mamba-2, * attention, - MLP, E MoE (Megatron's
-    # hybrid_override_pattern), e.g. "M-M*-M-"; its length must equal num_layers. null: from the ratios.
-    hybrid_pattern: Optional[str] = None
-    # Target shares of attention / MLP layers when Megatron allocates the pattern itself (the rest are
-    # Mamba); with hybrid_pattern set, the pattern must hold the counts the ratios ask for.
-    hybrid_attention_ratio: float = 0.0
-    hybrid_mlp_ratio: float = 0.0
-    # Mamba-2 mixer: SSM state size N, head size P, B/C groups G (the unit of TP sharding), number of
-    # heads H (null: 2 * hidden_size / mamba_head_dim, Mamba's expand=2), SSD scan chunk length.
-    mamba_state_dim: int = 128
-    mamba_head_dim: int = 64
-    mamba_num_groups: int = 8
-    mamba_num_heads: Optional[int] = None
-    mamba_chunk_size: int = 128
-
-    @property
-    def mamba_heads(self) -> int:
-        return self.mamba_num_heads or 2 * self.hidden_size // self.mamba_head_dim
-
-    def validate(self) -> None:
-        from nemo_reason.backend import BACKENDS
-
-        _check(self.type in ("gpt", "hybrid"), f"model.type={self.type!r} is not one of: gpt, hybrid")
-        if self.type == "hybrid":
-            self._validate_hybrid()
-        _check(self.backend in BACKENDS, f"model.backend={self.backend!r} is not one of {BACKENDS}")
-        _check(self.activation in ("squared_relu", "gelu", "swiglu", "relu"),
-               f"model.activation={self.activation!r}: use squared_relu, gelu, swiglu or relu")
-        _check(self.normalization in ("LayerNorm", "RMSNorm"),
-               f"model.normalization={self.normalization!r}: use LayerNorm or RMSNorm")
-        _check(self.position_embedding_type in ("rope", "learned_absolute", "none"),
-               f"model.position_embedding_type={self.position_embedding_type!r}: use rope, "
-               "learned_absolute or none")
-        for name in ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads"):
-            _check(getattr(self, name) > 0, f"model.{name} must be positive")
-        groups = self.num_query_groups or self.num_attention_heads
-        _check(self.num_attention_heads % groups == 0,
-               f"model.num_attention_heads={self.num_attention_heads} is not divisible by "
-               f"model.num_query_groups={groups}")
-        if self.kv_channels is None:
-            _check(self.hidden_size % self.num_attention_heads == 0,
-                   f"model.hidden_size={self.hidden_size} is not divisible by "
-                   f"model.num_attention_heads={self.num_attention_heads}; set model.kv_channels")
-
-    def _validate_hybrid(self) -> None:
-        from nemo_reason.models.pattern import MOE, PatternError, allocate
-
-        try:
-            layers = allocate(self.num_layers, self.hybrid_attention_ratio, self.hybrid_mlp_ratio,
-                              self.hybrid_pattern)
-        except PatternError as err:
-            raise ConfigError(str(err)) from None
-        _check(MOE not in layers, "model.hybrid_pattern: MoE layers (E) need the MoE settings of a later "
-               "issue; use M, * and - for now")
-        _check(not self.qk_layernorm, "model.qk_layernorm=true: Megatron's hybrid (Mamba) stack spec has "
-               "no QK norm; set model.qk_layernorm=false for model.type=hybrid")
-        for name in ("mamba_state_dim", "mamba_head_dim", "mamba_num_groups", "mamba_chunk_size"):
-            _check(getattr(self, name) > 0, f"model.{name} must be positive")
-        _check(self.mamba_num_heads is not None or (2 * self.hidden_size) % self.mamba_head_dim == 0,
-               f"2 x model.hidden_size={2 * self.hidden_size} is not divisible by model.mamba_head_dim="
-               f"{self.mamba_head_dim}; set model.mamba_num_heads")
-        _check(self.mamba_heads > 0 and self.mamba_heads % self.mamba_num_groups == 0,
-               f"Mamba heads ({self.mamba_heads}) are not divisible by model.mamba_num_groups="
-               f"{self.mamba_num_groups}: every group needs the same number of heads")
+from nemo_reason.config.errors import ConfigError, _check  # noqa: F401  (re-exported)
+from nemo_reason.config.model import ModelConfig  # noqa: F401  (re-exported)
 
 
 @dataclass
@@ -166,12 +61,35 @@ class TrainerConfig:
     # Validation every N steps on eval_iters global batches; 0 turns it off.
     eval_every: int = 0
     eval_iters: int = 2
-    # "fp32", "bf16" ("fp16" and "fp8" need CUDA; fp8 arrives with the parallelism issue).
+    # "fp32", "bf16", "fp16" or "fp8" (fp16 and fp8 need CUDA; fp8 needs Transformer Engine).
     precision: str = "fp32"
+    # --- fp8 (precision=fp8, Transformer Engine; Megatron-LM's --fp8-* flags) ---
+    # Scaling recipe: "delayed" (amax history), "tensorwise" (per-tensor current scaling),
+    # "blockwise" (1x128 / 128x128 blocks, Hopper) or "mxfp8" (Blackwell).
+    fp8_recipe: str = "delayed"
+    # "hybrid" (E4M3 forward, E5M2 gradients) or "e4m3".
+    fp8_format: str = "hybrid"
+    fp8_amax_history_len: int = 1024
+    fp8_amax_compute_algo: str = "max"
+    # Keep the first / last N transformer layers in bf16 (Nemotron-H keeps them out of fp8).
+    fp8_first_last_layers_bf16: bool = False
+    fp8_num_layers_at_start_in_bf16: int = 1
+    fp8_num_layers_at_end_in_bf16: int = 1
+    # Keep parameters in fp8 and all-gather them in fp8 (Megatron-LM --fp8-param-gather).
+    fp8_param_gather: bool = False
+    # Activation recomputation (Megatron-LM --recompute-granularity): "none", "selective" (attention
+    # core, plus MoE/MLP activations where Megatron supports it) or "full" (every layer, uniform).
+    recompute: str = "none"
+    # Peak dense TFLOP/s per rank for MFU; null: H100 bf16 (989) on CUDA, on CPU a matmul probe
+    # measured once and cached.
+    peak_tflops: Optional[float] = None
     # Live progress line on rank 0.
     progress: bool = True
     # Keep only the newest N checkpoints of a step (0 keeps all).
     keep_last: int = 2
+    # Also save the weights before the first step (iter_0000000), e.g. to start runs at other
+    # layouts from the very same model with run.init_checkpoint.
+    save_initial: bool = False
     # Stop (with a checkpoint) after every N steps of this invocation's counter, like Megatron-LM's
     # --exit-interval; re-running resumes. 0 runs to max_steps.
     exit_interval: int = 0
@@ -187,6 +105,17 @@ class TrainerConfig:
         _check(self.exit_interval >= 0, "trainer.exit_interval must be >= 0")
         _check(self.precision in ("fp32", "bf16", "fp16", "fp8"),
                f"trainer.precision={self.precision!r}: use fp32, bf16, fp16 or fp8")
+        _check(self.recompute in ("none", "selective", "full"),
+               f"trainer.recompute={self.recompute!r}: use none, selective or full")
+        _check(self.fp8_recipe in ("delayed", "tensorwise", "blockwise", "mxfp8"),
+               f"trainer.fp8_recipe={self.fp8_recipe!r}: use delayed, tensorwise, blockwise or mxfp8")
+        _check(self.fp8_format in ("hybrid", "e4m3"), f"trainer.fp8_format={self.fp8_format!r}: use hybrid or e4m3")
+        _check(self.fp8_amax_compute_algo in ("max", "most_recent"),
+               f"trainer.fp8_amax_compute_algo={self.fp8_amax_compute_algo!r}: use max or most_recent")
+        _check(self.fp8_amax_history_len >= 1, "trainer.fp8_amax_history_len must be >= 1")
+        _check(self.fp8_num_layers_at_start_in_bf16 >= 0 and self.fp8_num_layers_at_end_in_bf16 >= 0,
+               "trainer.fp8_num_layers_at_start_in_bf16 / _at_end_in_bf16 must be >= 0")
+        _check(self.peak_tflops is None or self.peak_tflops > 0, "trainer.peak_tflops must be > 0 (or null)")
 
 
 @dataclass
@@ -230,6 +159,29 @@ class OptimConfig:
 
 
 @dataclass
+class BlendEntry:
+    """One source of a blend, as a pair of Megatron-LM's ``--data-path "w1 p1 w2 p2"``."""
+
+    # Relative sampling weight (> 0); a blend's weights are normalised, as in Megatron-LM.
+    weight: float = 1.0
+    # A Megatron indexed dataset prefix (without .bin/.idx), or a named source: "synthetic" (the
+    # generated corpus of data.num_documents / data.corpus_seed), "synthetic:SEED", "bundled:NAME".
+    path: str = ""
+
+
+@dataclass
+class PhaseConfig:
+    """One phase of a phased run: a blend and its share of the run's training tokens."""
+
+    # Shown in logs and in metrics.jsonl's "phase"; empty: phase1, phase2, ...
+    name: str = ""
+    # Share of trainer.max_steps x global_batch_size x seq_length tokens; shares sum to 1, and each
+    # boundary rounds to a whole step (docs/data.md).
+    share: float = 0.0
+    blend: List[BlendEntry] = field(default_factory=list)
+
+
+@dataclass
 class DataConfig:
     # "synthetic": a corpus the package generates (tests, demos); "indexed": Megatron .bin/.idx.
     source: str = "synthetic"
@@ -238,23 +190,61 @@ class DataConfig:
     # Synthetic corpus size (documents) and generator seed.
     num_documents: int = 4000
     corpus_seed: int = 1234
-    # "byte" (placeholder tokenizer: UTF-8 bytes + special tokens).
+    # "byte" (UTF-8 bytes + special tokens), "bundled" (a 1024-token BPE trained on the bundled
+    # corpora, built once into the cache), "hf" or "sentencepiece" (with tokenizer_path).
     tokenizer: str = "byte"
+    # For hf: a tokenizer.json or a folder holding one; for sentencepiece: the .model file.
+    tokenizer_path: Optional[str] = None
     # Train/valid/test split weights, Megatron style.
     split: str = "98,1,1"
     # Where generated corpora and dataset index caches go; "" means ~/.cache/nemo_reason.
     cache_dir: str = ""
+    # Training blend, e.g. [{weight: 0.7, path: /data/web_text_document}, {weight: 0.3, path: bundled:math}]
+    # (replaces source/path_prefix when set; Megatron's BlendedDataset over GPTDatasets).
+    blend: List[BlendEntry] = field(default_factory=list)
+    # Phases, in order, each a blend with a share of the training tokens (not with `blend`).
+    phases: List[PhaseConfig] = field(default_factory=list)
+    # Validation blend used whole, for every evaluation (Megatron-LM's --valid-data-path); empty: the
+    # `split` validation documents of the blend that is training at that step.
+    valid_blend: List[BlendEntry] = field(default_factory=list)
+
+    def train_phases(self) -> List[PhaseConfig]:
+        """The run's phases: ``phases``, else one phase of ``blend`` or of ``source``/``path_prefix``."""
+        if self.phases:
+            return [PhaseConfig(p.name or f"phase{i + 1}", p.share, list(p.blend))
+                    for i, p in enumerate(self.phases)]
+        blend = self.blend or [BlendEntry(1.0, "synthetic" if self.source == "synthetic" else str(self.path_prefix))]
+        return [PhaseConfig("main", 1.0, list(blend))]
 
     def validate(self) -> None:
+        from nemo_reason.data.blend import check_data_blends
+
+        check_data_blends(self)
         _check(self.source in ("synthetic", "indexed"),
                f"data.source={self.source!r}: use synthetic or indexed")
         _check(self.source != "indexed" or bool(self.path_prefix),
                "data.source=indexed needs data.path_prefix=/path/to/prefix (without .bin/.idx)")
-        _check(self.tokenizer in ("byte",), f"data.tokenizer={self.tokenizer!r}: use byte")
+        self._validate_tokenizer()
         parts = self.split.split(",")
         _check(len(parts) == 3 and all(p.strip().replace(".", "", 1).isdigit() for p in parts),
                f"data.split={self.split!r}: use three comma-separated weights, e.g. 98,1,1")
         _check(self.num_documents >= 10, "data.num_documents must be >= 10")
+
+    def _validate_tokenizer(self) -> None:
+        # The names of nemo_reason.data.tokenizer.TOKENIZERS, listed here so validation imports no Megatron.
+        _check(self.tokenizer in ("byte", "bundled", "hf", "sentencepiece"),
+               f"data.tokenizer={self.tokenizer!r}: use byte, bundled, hf or sentencepiece "
+               "(hf and sentencepiece also need data.tokenizer_path)")
+        if self.tokenizer not in ("hf", "sentencepiece"):
+            _check(not self.tokenizer_path, f"data.tokenizer_path is set but data.tokenizer={self.tokenizer} "
+                                            "reads no file: use data.tokenizer=hf or sentencepiece")
+            return
+        what = "a tokenizer.json or a folder holding one" if self.tokenizer == "hf" else "a SentencePiece .model file"
+        _check(bool(self.tokenizer_path), f"data.tokenizer={self.tokenizer} needs data.tokenizer_path={what}")
+        p = os.path.expanduser(str(self.tokenizer_path))
+        found = os.path.isfile(p) or (self.tokenizer == "hf" and os.path.isfile(os.path.join(p, "tokenizer.json")))
+        _check(found, f"data.tokenizer_path={self.tokenizer_path}: not found; give {what} "
+                      "(train a BPE with `nemo-reason train-tokenizer --input FILE --output DIR`)")
 
 
 @dataclass
@@ -268,6 +258,9 @@ class RunSection:
     # Stop after this pipeline step (its name); empty runs the whole pipeline. One SLURM job per
     # step (launcher.chain_steps=true) sets it per job.
     stop_after: str = ""
+    # Weights (only) the first pipeline step starts from: a complete checkpoint folder (iter_*)
+    # saved at any parallel layout, like Megatron-LM's --pretrained-checkpoint. "" starts from the seed.
+    init_checkpoint: str = ""
 
 
 @dataclass
@@ -418,13 +411,27 @@ class RunConfig:
                    "each tensor-parallel rank holds whole Mamba groups; use a tp that divides it")
             _check(m.mamba_heads % p.tp == 0,
                    f"Mamba heads ({m.mamba_heads}) are not divisible by parallel.tp={p.tp}")
+            if p.cp > 1 and m.mamba_heads % p.tp == 0 and m.mamba_num_groups % p.tp == 0:
+                # Megatron's MambaContextParallel: each CP rank scans whole sequences for 1/cp of its
+                # TP rank's heads, whose B/C groups it holds whole or shares (a group replicated).
+                heads, groups = m.mamba_heads // p.tp, m.mamba_num_groups // p.tp
+                _check(heads % p.cp == 0,
+                       f"Mamba heads per tensor-parallel rank ({heads}) are not divisible by parallel.cp={p.cp}: "
+                       "context parallelism gives each CP rank 1/cp of them")
+                _check(groups % p.cp == 0 if groups >= p.cp else p.cp % groups == 0,
+                       f"Mamba groups per tensor-parallel rank ({groups}) and parallel.cp={p.cp}: one must "
+                       "divide the other (Megatron's MambaContextParallel)")
             _check(p.vpp is None, "parallel.vpp: Megatron's MambaStack has no interleaved pipeline; "
                    "use parallel.vpp=null for model.type=hybrid")
         stages = p.pp * (p.vpp or 1)
         _check(m.num_layers % stages == 0,
                f"model.num_layers={m.num_layers} is not divisible by pp x vpp = {stages}")
         _check(t.seq_length % (2 * p.cp) == 0 or p.cp == 1,
-               f"trainer.seq_length={t.seq_length} is not divisible by 2 x cp = {2 * p.cp}")
+               f"trainer.seq_length={t.seq_length} is not divisible by 2 x cp = {2 * p.cp}: context "
+               "parallelism gives each CP rank two of 2 x cp equal sequence chunks")
+        _check(not p.sequence_parallel or (t.seq_length // p.cp) % p.tp == 0,
+               f"trainer.seq_length / cp = {t.seq_length // p.cp} is not divisible by parallel.tp={p.tp} "
+               "(sequence parallelism splits each CP rank's sequence over the TP ranks)")
         _check(t.global_batch_size % (t.micro_batch_size * dp) == 0,
                f"trainer.global_batch_size={t.global_batch_size} is not divisible by "
                f"micro_batch_size x data-parallel size = {t.micro_batch_size} x {dp}; "
@@ -437,17 +444,52 @@ class RunConfig:
             _check(micro % p.pp == 0,
                    f"interleaved pipeline needs the number of micro-batches ({micro}) to be a "
                    f"multiple of parallel.pp={p.pp}")
-        _check(p.cp == 1, "parallel.cp > 1 arrives with the parallelism issue; use parallel.cp=1")
-        _check(p.ep == 1, "parallel.ep > 1 needs an MoE model (the parallelism issue); use parallel.ep=1")
+        self._validate_experts(world)
+        if t.precision == "fp8":
+            from nemo_reason.backend.fp8 import check_fp8
+
+            check_fp8(self)
         _check(t.precision in ("fp32", "bf16") or _cuda(),
                f"trainer.precision={t.precision} needs CUDA; on CPU use fp32 or bf16")
-        _check(t.precision != "fp8",
-               "trainer.precision=fp8 arrives with Transformer Engine in the parallelism issue")
+        from nemo_reason.data.blend import check_phase_steps
+
+        check_phase_steps(self.data, t.max_steps)  # every data phase gets at least one step
+        if self.run.init_checkpoint:
+            import os
+
+            _check(os.path.isfile(os.path.join(self.run.init_checkpoint, "complete.json")),
+                   f"run.init_checkpoint={self.run.init_checkpoint}: not a complete checkpoint folder (no "
+                   "complete.json); point it at an iter_* folder under <run.dir>/<step>/checkpoints")
         names = [s.name or s.type for s in self.pipeline]
         _check(len(set(names)) == len(names),
                f"pipeline step names repeat ({names}): give repeated types distinct `name`s")
         _check(not self.run.stop_after or self.run.stop_after in names,
                f"run.stop_after={self.run.stop_after!r} is not a pipeline step; steps: {', '.join(names)}")
+
+    def _validate_experts(self, world: int) -> None:
+        """MoE Parallel Folding: expert layers use their own layout, ETP x EP x EDP x PP = world,
+        independent of the attention layout TP x CP x DP x PP (Megatron's expert groups)."""
+        p, m = self.parallel, self.model
+        if not m.is_moe:
+            _check(p.ep == 1, f"parallel.ep={p.ep} needs MoE layers: set model.num_moe_experts (model.type=moe) "
+                   "or parallel.ep=1")
+            return
+        etp = p.etp or p.tp
+        _check(m.num_moe_experts % p.ep == 0,
+               f"model.num_moe_experts={m.num_moe_experts} is not divisible by parallel.ep={p.ep}: "
+               "each expert-parallel rank holds the same number of whole experts")
+        expert_mp = etp * p.ep * p.pp
+        _check(world % expert_mp == 0,
+               f"world size {world} is not divisible by etp x ep x pp = {etp} x {p.ep} x {p.pp} = {expert_mp} "
+               "(the expert layers' layout, MoE Parallel Folding); change parallel.ep or parallel.etp")
+        ffn = m.moe_ffn_hidden_size or m.ffn_hidden_size
+        _check(ffn % etp == 0, f"expert inner size {ffn} (model.moe_ffn_hidden_size) is not divisible by "
+               f"expert tensor parallel size {etp} (parallel.etp, null = parallel.tp)")
+        _check(p.tp == 1 or p.sequence_parallel,
+               f"MoE layers with parallel.tp={p.tp} need parallel.sequence_parallel=true (Megatron's MoELayer "
+               "refuses to train tensor-parallel without it)")
+        _check(not (m.add_bias_linear and etp > 1), "model.add_bias_linear=true with MoE needs expert tensor "
+               "parallel size 1 (parallel.etp=1), as Megatron requires")
 
     @property
     def data_parallel_size(self) -> int:

@@ -109,6 +109,19 @@ def _explain(exc: BaseException, overrides: Sequence[str]) -> ConfigError:
             full_key = fk
             break
     m = re.search(r"[Kk]ey '([^']+)' (?:is )?not in", text)
+    # A wrong key inside a list of dataclasses (data.blend=[{wieght: 1, ...}]): name the list and the fields.
+    in_item = re.search(r"Key '([^']+)' not in '(\w+)'", text)
+    over_list = re.search(r"Could not override '([^']+)'", text)
+    if in_item and over_list and in_item.group(1) != over_list.group(1).rsplit(".", 1)[-1]:
+        import dataclasses
+
+        from nemo_reason.config import schema
+
+        cls = getattr(schema, in_item.group(2), None)
+        if dataclasses.is_dataclass(cls):
+            fields = ", ".join(f.name for f in dataclasses.fields(cls))
+            return ConfigError(f"{over_list.group(1)}: '{in_item.group(1)}' is not a field of {cls.__name__} "
+                               f"(fields: {fields})")
     if m or "not in struct" in text or "ConfigAttributeError" in type(chain[-1]).__name__:
         key = full_key or (m.group(1) if m else None)
         if key is None:

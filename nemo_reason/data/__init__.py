@@ -1,1 +1,3 @@
-"""Data: tokenizers, the bundled corpus, Megatron indexed datasets and the training data loader."""
+"""Data: tokenizers (tokenizer, bpe), bundled corpora (corpora/, sources), prepare-data (prepare,
+prepare_worker, readers, dedup, quality, commands), Megatron indexed datasets (indexed), blends and
+phases (blend, phases) and the training data loader (loader)."""

@@ -1,17 +1,28 @@
-"""Training and validation data for a rank: Megatron ``GPTDataset`` splits and a resumable sampler.
+"""Training and validation data for a rank: Megatron blended ``GPTDataset`` phases and a resumable sampler.
 
-Datasets come from Megatron-Core's ``BlendedMegatronDatasetBuilder`` over an indexed dataset
-(the synthetic corpus, or ``data.path_prefix``), with Megatron's shuffled, seeded sample index.
-:class:`PretrainingSampler` walks that dataset in global-batch order: micro-batch ``k`` of
-data-parallel rank ``r`` holds samples ``[k*mbs*dp + r*mbs, ... + mbs)``, so the order depends
-only on the seed and the number of consumed samples, and a resumed run sees exactly the samples
-an uninterrupted one would. Tensor/pipeline/context-parallel peers read the same samples.
+Each data phase (``data.phases``; a plain ``data.blend`` or ``data.source`` is one phase) is built
+with Megatron-Core's ``BlendedMegatronDatasetBuilder``: one ``GPTDataset`` per source (Megatron's
+shuffled, seeded sample index, cached under ``<cache>/index_cache`` like Megatron-LM's
+``--data-cache-path``) and, for several sources, a ``BlendedDataset`` that interleaves them in
+proportion to their weights. Phase k is seeded ``run.seed + k`` (so a source used by two phases is
+not replayed in the same order) and sized for exactly the samples of its steps; the phases are laid
+end to end in a :class:`~nemo_reason.data.phases.PhasedDataset` (boundary rule there and in
+docs/data.md).
+
+:class:`PretrainingSampler` walks the run's samples in global-batch order: micro-batch ``k`` of
+data-parallel rank ``r`` holds samples ``[k*mbs*dp + r*mbs, ... + mbs)``, so the order depends only
+on the seed and the number of consumed samples, and a resumed run sees exactly the samples an
+uninterrupted one would, mid-phase or at a boundary. Tensor/pipeline/context-parallel peers read
+the same samples; data-parallel ranks read disjoint slices.
+
+Validation: ``data.valid_blend`` (one fixed set, Megatron-LM's ``--valid-data-path``), else the
+``split`` validation documents of the phase that is training when the evaluation runs.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Iterator, Optional
+from dataclasses import dataclass, field
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
@@ -20,72 +31,156 @@ from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 
 from nemo_reason.config.schema import ConfigError, RunConfig
 from nemo_reason.data import indexed
+from nemo_reason.data.blend import normalized, resolve_path
+from nemo_reason.data.phases import PhasedDataset, PhaseSpan, eval_slots, phase_at, plan_phases, switch_message
 from nemo_reason.data.tokenizer import build_tokenizer
 
 
 @dataclass
 class DataBundle:
     tokenizer: object
-    train: GPTDataset
-    valid: Optional[GPTDataset]
-    prefix: str
+    # Global sample g of the run (0 <= g < max_steps x global_batch) -> its phase's blended dataset.
+    train: PhasedDataset
+    # Evaluation e reads [e, e + 1) x eval_iters x global_batch; None without evaluation.
+    valid: Optional[PhasedDataset]
+    phases: List[PhaseSpan]
+    # Per phase: (Megatron path prefix, normalised weight) per source.
+    blends: List[List[Tuple[str, float]]]
     stats: Optional[dict]
+    # True when data.phases is configured: metrics then carry "phase".
+    phased: bool = False
+    tokens_per_step: int = 0
+    # Per phase: the Megatron datasets (BlendedDataset or GPTDataset) behind `train`, for inspection.
+    train_datasets: list = field(default_factory=list)
+    # Per phase: the blend's paths as configured (named sources by name), for the log.
+    names: List[List[str]] = field(default_factory=list)
+
+    def phase_at(self, step_index: int) -> PhaseSpan:
+        """The phase of the optimizer step with this 0-based index (metrics step ``step_index + 1``)."""
+        return phase_at(self.phases, step_index)
+
+    def phase_switch(self, step_index: int) -> Optional[str]:
+        """The log line when the step about to run (0-based index) is the first of a new phase."""
+        return switch_message(self.phases, step_index, self.tokens_per_step)
+
+    def describe(self, start_step: int = 0) -> str:
+        lines = []
+        for k, (span, blend) in enumerate(zip(self.phases, self.blends)):
+            names = self.names[k] if k < len(self.names) else [p for p, _ in blend]
+            mix = ", ".join(f"{w:.2f} {name}" for name, (_, w) in zip(names, blend))
+            lines.append(f"[nemo-reason] data phase {span.index + 1} ({span.name}): steps {span.start_step + 1}-"
+                         f"{span.end_step}, tokens {span.start_step * self.tokens_per_step:,}-"
+                         f"{span.end_step * self.tokens_per_step:,}: {mix}")
+        if start_step and self.phases[-1].end_step > start_step:
+            lines.append(f"[nemo-reason] resuming in data phase {self.phase_at(start_step).name} at step {start_step + 1}")
+        return "\n".join(lines)
 
 
-def resolve_prefix(cfg: RunConfig, tokenizer) -> str:
-    d = cfg.data
-    if d.source == "synthetic":
-        rank = dist.get_rank() if dist.is_initialized() else 0
-        if rank == 0:
-            indexed.ensure_synthetic(d.cache_dir, d.num_documents, d.corpus_seed, tokenizer, d.tokenizer)
-        if dist.is_initialized():
-            dist.barrier()
-        return str(indexed.synthetic_prefix(d.cache_dir, d.num_documents, d.corpus_seed, d.tokenizer))
-    if not indexed.is_complete(d.path_prefix):
-        raise ConfigError(
-            f"data.path_prefix={d.path_prefix}: {d.path_prefix}.bin/.idx not found "
-            "(write them with Megatron-LM's tools/preprocess_data.py)"
-        )
-    return d.path_prefix
+def _rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
 
 
-def build_data(cfg: RunConfig, dp_size: int) -> DataBundle:
-    tok = build_tokenizer(cfg.data.tokenizer)
-    prefix = resolve_prefix(cfg, tok)
-    t = cfg.trainer
-    train_samples = t.max_steps * t.global_batch_size
-    evals = (t.max_steps // t.eval_every + 1) if t.eval_every else 0
-    valid_samples = evals * t.eval_iters * t.global_batch_size
-    ds_cfg = GPTDatasetConfig(
-        random_seed=cfg.run.seed,
-        sequence_length=t.seq_length,
-        blend=([prefix], None),
-        split=cfg.data.split,
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def resolve_blend(entries: Sequence, cfg: RunConfig, tokenizer) -> List[Tuple[str, float]]:
+    """Blend entries -> [(path prefix, normalised weight)]; named sources are built by rank 0 first."""
+    if _rank() == 0:
+        prefixes = [resolve_path(p, cfg.data, tokenizer) for p, _ in normalized(entries)]
+    _barrier()
+    if _rank() != 0:
+        prefixes = [resolve_path(p, cfg.data, tokenizer) for p, _ in normalized(entries)]
+    return [(pre, w) for pre, (_, w) in zip(prefixes, normalized(entries))]
+
+
+def _megatron_blend(blend: List[Tuple[str, float]]):
+    # One source: Megatron's plain GPTDataset (weights None), no BlendedDataset around it.
+    return ([p for p, _ in blend], None if len(blend) == 1 else [w for _, w in blend])
+
+
+def _dataset_config(cfg: RunConfig, tokenizer, seed: int, **blend) -> GPTDatasetConfig:
+    return GPTDatasetConfig(
+        random_seed=seed,
+        sequence_length=cfg.trainer.seq_length,
         path_to_cache=str(indexed.cache_root(cfg.data.cache_dir) / "index_cache"),
-        tokenizer=tok,
+        tokenizer=tokenizer,
         reset_position_ids=False,
         reset_attention_mask=False,
         eod_mask_loss=False,
         create_attention_mask=False,
         mmap_bin_files=True,
+        **blend,
     )
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    # Rank 0 writes the cached sample indices first; the others then read them.
-    sizes = [train_samples, valid_samples, 0]
-    datasets = None
-    if rank == 0:
-        datasets = BlendedMegatronDatasetBuilder(GPTDataset, sizes, lambda: True, ds_cfg).build()
-    if dist.is_initialized():
-        dist.barrier()
-        if rank != 0:
-            datasets = BlendedMegatronDatasetBuilder(GPTDataset, sizes, lambda: True, ds_cfg).build()
-    train, valid, _ = datasets
-    if train is None or len(train) < train_samples:
-        raise ConfigError(
-            f"the training split has {0 if train is None else len(train)} samples, fewer than "
-            f"trainer.max_steps x global_batch_size = {train_samples}"
-        )
-    return DataBundle(tok, train, valid if valid_samples else None, prefix, indexed.read_stats(prefix))
+
+
+def build_datasets(cfg: RunConfig, sizes: List[int], tokenizer, seed: int, blend=None, valid_blend=None):
+    """[train, valid, test] from Megatron's builder. Every rank calls it together: Megatron builds on
+    rank 0 first (writing the cached indices), then on the others (reading them)."""
+    if valid_blend is not None:
+        kw = dict(blend_per_split=[None, _megatron_blend(valid_blend), None])
+    else:
+        kw = dict(blend=_megatron_blend(blend), split=cfg.data.split)
+    return BlendedMegatronDatasetBuilder(GPTDataset, sizes, lambda: True,
+                                         _dataset_config(cfg, tokenizer, seed, **kw)).build()
+
+
+def _mixture_stats(spans: Sequence[PhaseSpan], blends) -> Optional[dict]:
+    """Unigram entropy of the run's data: the sources' entropies weighted by their share of the
+    run's samples (a lower bound of the mixture's own entropy); None when a source has no stats."""
+    total_steps = spans[-1].end_step
+    total = 0.0
+    for span, blend in zip(spans, blends):
+        for prefix, w in blend:
+            st = indexed.read_stats(prefix)
+            if not st or "unigram_entropy_nats" not in st:
+                return None
+            total += span.steps / total_steps * w * st["unigram_entropy_nats"]
+    return {"unigram_entropy_nats": total}
+
+
+def build_data(cfg: RunConfig, dp_size: int) -> DataBundle:
+    tok = build_tokenizer(cfg.data.tokenizer, cfg.data.tokenizer_path, cfg.data.cache_dir)
+    t = cfg.trainer
+    gbs = t.global_batch_size
+    phase_cfgs = cfg.data.train_phases()
+    spans = plan_phases([p.name for p in phase_cfgs], [p.share for p in phase_cfgs], t.max_steps)
+    blends = [resolve_blend(p.blend, cfg, tok) for p in phase_cfgs]
+    eval_every = t.eval_every
+    fixed_valid = resolve_blend(cfg.data.valid_blend, cfg, tok) if cfg.data.valid_blend and eval_every else None
+
+    train_segments, valid_segments, train_datasets = [], [], []
+    for span, blend in zip(spans, blends):
+        n = span.steps * gbs
+        first, last = eval_slots(span, eval_every)
+        v = 0 if fixed_valid else (last - first) * t.eval_iters * gbs
+        train, valid, _ = build_datasets(cfg, [n, v, 0], tok, cfg.run.seed + span.index, blend=blend)
+        if train is None or len(train) < n:
+            raise ConfigError(
+                f"data phase '{span.name}' builds {0 if train is None else len(train)} training samples, fewer "
+                f"than its {span.steps} steps x global_batch_size = {n}: check data.split gives the train split "
+                "a share")
+        train_segments.append((train, n))
+        train_datasets.append(train)
+        if v and valid is not None:
+            valid_segments.append((valid, v))
+    if fixed_valid:
+        v = (t.max_steps // eval_every + 1) * t.eval_iters * gbs
+        _, valid, _ = build_datasets(cfg, [0, v, 0], tok, cfg.run.seed, valid_blend=fixed_valid)
+        valid_segments = [(valid, v)]
+    return DataBundle(
+        tokenizer=tok,
+        train=PhasedDataset(train_segments),
+        valid=PhasedDataset(valid_segments) if valid_segments else None,
+        phases=spans,
+        blends=blends,
+        stats=_mixture_stats(spans, blends),
+        phased=bool(cfg.data.phases),
+        tokens_per_step=gbs * t.seq_length,
+        train_datasets=train_datasets,
+        names=[[e.path for e in p.blend] for p in phase_cfgs],
+    )
 
 
 class PretrainingSampler:

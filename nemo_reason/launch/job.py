@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from nemo_reason.config.schema import ConfigError, RunConfig
+from nemo_reason.data.blend import is_named
 
 
 def launchers_dir() -> Path:
@@ -159,12 +160,15 @@ class Job:
 
 def mounts(req: LaunchRequest) -> List[str]:
     """Container mounts, ``SRC:DST[:FLAGS]`` at the same paths inside: the working directory, the
-    run dir, the data cache and an indexed dataset's folder (each unless already under one
-    mounted), then ``launcher.container_mounts``."""
+    run dir, the data cache and the folders of the indexed datasets (``data.path_prefix`` and every
+    blend path; each unless already under one mounted), then ``launcher.container_mounts``."""
     cfg = req.cfg
     wanted = [(req.cwd, ""), (req.run_dir, ""), (cache_dir(cfg), "")]
     if cfg.data.path_prefix:
         wanted.append((Path(cfg.data.path_prefix).expanduser().resolve().parent, "ro"))
+    blends = [p.blend for p in cfg.data.phases] + [cfg.data.blend, cfg.data.valid_blend]
+    for e in (e for b in blends for e in b if not is_named(e.path)):  # each blend prefix's folder
+        wanted.append((Path(e.path).expanduser().resolve().parent, "ro"))
     out: List[str] = []
     seen: List[Path] = []
     for path, flags in wanted:

@@ -12,6 +12,7 @@ import importlib
 # model.type -> module holding build_model(cfg, vocab_size)
 BUILDERS = {
     "gpt": "nemo_reason.models.gpt",        # dense GPTModel (Nemotron-4 style)
+    "moe": "nemo_reason.models.gpt",        # GPTModel with MoE layers (Mixtral, Qwen2-MoE)
     "hybrid": "nemo_reason.models.hybrid",  # MambaModel: Mamba-2 / attention / MLP pattern (Nemotron-H)
 }
 

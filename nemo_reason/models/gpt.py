@@ -19,6 +19,7 @@ from megatron.core.models.gpt import GPTModel
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from nemo_reason.backend import cuda_available, select
+from nemo_reason.backend.fp8 import fp8_transformer_kwargs
 from nemo_reason.backend.specs import gpt_layer_spec
 from nemo_reason.config.schema import RunConfig
 from nemo_reason.data.tokenizer import padded_vocab_size
@@ -39,6 +40,7 @@ def transformer_config(cfg: RunConfig, backend: str, **extra) -> TransformerConf
     act, gated = _ACTIVATIONS[m.activation]
     dtype = _DTYPES[t.precision]
     on_cuda = cuda_available()
+    extra = {**moe_transformer_kwargs(m, backend), **fp8_transformer_kwargs(t), **_recompute_kwargs(t), **extra}
     return TransformerConfig(
         num_layers=m.num_layers,
         hidden_size=m.hidden_size,
@@ -77,16 +79,58 @@ def transformer_config(cfg: RunConfig, backend: str, **extra) -> TransformerConf
         gradient_accumulation_fusion=False,
         apply_rope_fusion=False,
         cross_entropy_loss_fusion=False,
-        deallocate_pipeline_outputs=True,
+        # Frees a stage's output right after it is sent (keeping only its grad_fn); on CPU, gloo's
+        # asynchronous send may still be reading the buffer, so the memory saving is CUDA-only.
+        deallocate_pipeline_outputs=on_cuda,
+        # Megatron-LM's defaults: the interleaved schedule overlaps its p2p sends/receives (each
+        # paired in even/odd rank order); batched p2p otherwise. Batched p2p under interleaving can
+        # pair a gradient with an activation when previous and next stage are the same rank (PP=2
+        # on gloo), which the parity test caught.
+        overlap_p2p_comm=p.vpp is not None,
+        batch_p2p_comm=p.vpp is None,
         **extra,
     )
+
+
+def _recompute_kwargs(t) -> dict:
+    """Megatron-LM's --recompute-granularity: selective recomputes the attention core (Megatron's
+    default module list); full recomputes every layer's forward, one layer per unit (uniform)."""
+    if t.recompute == "selective":
+        return {"recompute_granularity": "selective"}
+    if t.recompute == "full":
+        return {"recompute_granularity": "full", "recompute_method": "uniform", "recompute_num_layers": 1}
+    return {}
+
+
+# ModelConfig fields passed to TransformerConfig under the same name when the model has experts.
+_MOE_FIELDS = (
+    "num_moe_experts", "moe_ffn_hidden_size", "moe_router_topk", "moe_router_score_function",
+    "moe_router_pre_softmax", "moe_router_topk_scaling_factor", "moe_router_load_balancing_type",
+    "moe_aux_loss_coeff", "moe_z_loss_coeff", "moe_router_enable_expert_bias", "moe_router_bias_update_rate",
+    "moe_shared_expert_intermediate_size", "moe_shared_expert_gate", "moe_expert_capacity_factor",
+    "moe_pad_expert_input_to_capacity", "moe_token_drop_policy", "moe_token_dispatcher_type",
+)
+
+
+def moe_transformer_kwargs(m, backend: str) -> dict:
+    """Megatron's MoE fields for ``model.*`` (empty for a dense model). Grouped-GEMM experts are
+    TE's (``TEGroupedMLP``): only with the te backend; the local backend runs ``SequentialMLP``."""
+    if not m.is_moe:
+        return {}
+    kw = {name: getattr(m, name) for name in _MOE_FIELDS}
+    kw["moe_ffn_hidden_size"] = m.moe_ffn_hidden_size or m.ffn_hidden_size
+    kw["moe_grouped_gemm"] = m.moe_grouped_gemm and backend == "te"
+    kw["moe_layer_freq"] = m.moe_layer_freq if m.type == "moe" else 1
+    # Router logits and probabilities in fp32 whatever the training precision (Megatron-LM's
+    # recommendation for stable routing under bf16).
+    kw["moe_router_dtype"] = "fp32"
+    return kw
 
 
 def build_model(cfg: RunConfig, vocab_size: int) -> List[GPTModel]:
     """Model chunks of this rank (one per virtual pipeline stage), on this rank's device."""
     backend = select(cfg.model.backend)
     tcfg = transformer_config(cfg, backend)
-    spec = gpt_layer_spec(backend, normalization=cfg.model.normalization, qk_layernorm=cfg.model.qk_layernorm)
     padded = padded_vocab_size(vocab_size, cfg.model.make_vocab_size_divisible_by, cfg.parallel.tp)
     vpp = cfg.parallel.vpp
     chunks = []
@@ -94,6 +138,8 @@ def build_model(cfg: RunConfig, vocab_size: int) -> List[GPTModel]:
         stage = vp_stage if vpp else None
         pre = parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=stage)
         post = parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=stage)
+        spec = gpt_layer_spec(backend, tcfg, normalization=cfg.model.normalization,
+                              qk_layernorm=cfg.model.qk_layernorm, vp_stage=stage)
         model = GPTModel(
             config=tcfg,
             transformer_layer_spec=spec,

@@ -12,8 +12,8 @@ The model's forward is ``MambaModel.forward(tokens, position_ids, attention_mask
 the same call the training loop makes for GPT; generation passes Megatron's
 ``StaticInferenceContext`` (see :mod:`nemo_reason.rollout.state`).
 
-Left out: interleaved pipelines (``MambaStack`` has none) and MoE layers (``E``, a later issue);
-both are refused at config validation.
+MoE layers (``E`` in the pattern) are Megatron's ``MoELayer`` with the ``model.moe_*`` settings.
+Left out: interleaved pipelines (``MambaStack`` has none), refused at config validation.
 """
 
 from __future__ import annotations

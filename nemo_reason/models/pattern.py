@@ -14,8 +14,8 @@ light (importing Megatron-Core takes ~10 s). :func:`allocate` follows Megatron's
 ``allocate_layers`` step for step; a unit test checks the two agree. The model itself passes the
 pattern and ratios to Megatron's ``MambaStack``, which allocates with its own function.
 
-Left out: MoE layers (``E``) parse here but need the MoE config of a later issue; the model
-builder refuses them with a clear message.
+MoE layers (``E``) take their settings from ``model.num_moe_experts`` and the other ``moe_*``
+fields (config validation asks for them when the pattern has an ``E``).
 """
 
 from __future__ import annotations

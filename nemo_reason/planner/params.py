@@ -8,11 +8,15 @@ TE only fuses a layer's norm into its first linear):
                     + dt_bias, A_log, D (H each) + gated norm d_in + out_proj d_in x h
     attention       norm + qkv h x (n + 2 g) d + proj n d x h        (n heads, g KV heads, d head size)
     MLP             norm + fc1 h x f (x2 if gated) + fc2 f x h
+    MoE             norm + router E x h + E experts (each an MLP of inner size f_e)
+                    + shared experts (one MLP of inner size f_s) + shared-expert gate h
     embeddings      V x h (input), V x h (output, when untied), final norm
 
 with d_in = H x P (Mamba heads x head size), G groups, N state size and V the padded vocabulary.
-Biases are added when ``add_bias_linear``. Pure Python over a :class:`ModelConfig`: the planner
-(layouts, memory) builds on it without importing Megatron.
+Biases are added when ``add_bias_linear``. *Active* parameters are those one token passes
+through: a MoE layer counts its top-k routed experts instead of all E (router, shared experts and
+everything else count in full). Pure Python over a :class:`ModelConfig`: the planner (layouts,
+memory) builds on it without importing Megatron.
 """
 
 from __future__ import annotations
@@ -36,11 +40,42 @@ def attention_layer_params(m) -> int:
     return _norm(m) + h * (n + 2 * g) * d + n * d * h + bias
 
 
-def mlp_layer_params(m) -> int:
-    h, f = m.hidden_size, m.ffn_hidden_size
+def _mlp(m, f: int) -> int:
+    """fc1 + fc2 of one MLP with inner size ``f`` (no norm)."""
+    h = m.hidden_size
     fc1 = f * (2 if m.activation == "swiglu" else 1)
     bias = fc1 + h if m.add_bias_linear else 0
-    return _norm(m) + h * fc1 + f * h + bias
+    return h * fc1 + f * h + bias
+
+
+def mlp_layer_params(m) -> int:
+    return _norm(m) + _mlp(m, m.ffn_hidden_size)
+
+
+def moe_expert_params(m) -> int:
+    """One routed expert."""
+    return _mlp(m, m.moe_ffn_hidden_size or m.ffn_hidden_size)
+
+
+def moe_layer_params(m, active: bool = False) -> int:
+    """A MoE MLP layer: norm, router (Megatron's ``TopKRouter``: E x h, + E bias), routed experts
+    (all E, or the top-k a token uses when ``active``), shared experts and their gate. The
+    aux-loss-free expert bias is a buffer, not a parameter."""
+    h, e = m.hidden_size, m.num_moe_experts
+    router = e * h + (e if m.add_bias_linear else 0)
+    fs = m.moe_shared_expert_intermediate_size
+    shared = (_mlp(m, fs) + (h if m.moe_shared_expert_gate else 0)) if fs else 0
+    return _norm(m) + router + (m.moe_router_topk if active else e) * moe_expert_params(m) + shared
+
+
+def moe_layer_count(m) -> int:
+    """MoE layers of a model: every ``moe_layer_freq``-th layer (0, f, 2f, ...) for type=moe, as
+    Megatron's integer ``moe_layer_freq``; the E layers of a hybrid pattern."""
+    if not m.is_moe:
+        return 0
+    if m.type == "hybrid":
+        return counts(allocate(m.num_layers, m.hybrid_attention_ratio, m.hybrid_mlp_ratio, m.hybrid_pattern))[MOE]
+    return sum(1 for i in range(m.num_layers) if i % m.moe_layer_freq == 0)
 
 
 def mamba_layer_params(m) -> int:
@@ -58,20 +93,30 @@ def embedding_params(m, padded_vocab: int) -> int:
     return tables * padded_vocab * m.hidden_size + pos + _norm(m)  # + final norm
 
 
-def param_breakdown(m, padded_vocab: int) -> Dict[str, int]:
-    """Total parameters per part of the model (all ranks together)."""
-    if m.type == "gpt":
-        layers = {"attention": m.num_layers * attention_layer_params(m), "mlp": m.num_layers * mlp_layer_params(m)}
+def param_breakdown(m, padded_vocab: int, active: bool = False) -> Dict[str, int]:
+    """Parameters per part of the model (all ranks together); ``active``: per token (top-k experts).
+    Keys: attention, mlp, and mamba (hybrid) / moe (with experts), embeddings."""
+    if m.type in ("gpt", "moe"):
+        n_moe = moe_layer_count(m)
+        layers = {"attention": m.num_layers * attention_layer_params(m),
+                  "mlp": (m.num_layers - n_moe) * mlp_layer_params(m)}
+        if n_moe:
+            layers["moe"] = n_moe * moe_layer_params(m, active)
     elif m.type == "hybrid":
         c = counts(allocate(m.num_layers, m.hybrid_attention_ratio, m.hybrid_mlp_ratio, m.hybrid_pattern))
-        if c[MOE]:
-            raise NotImplementedError("parameter counts for MoE layers arrive with the MoE model type")
         layers = {"mamba": c[MAMBA] * mamba_layer_params(m), "attention": c[ATTENTION] * attention_layer_params(m),
                   "mlp": c[MLP] * mlp_layer_params(m)}
+        if c[MOE]:
+            layers["moe"] = c[MOE] * moe_layer_params(m, active)
     else:
         raise ValueError(f"no parameter model for model.type={m.type!r}")
     return {**layers, "embeddings": embedding_params(m, padded_vocab)}
 
 
-def param_count(m, padded_vocab: int) -> int:
-    return sum(param_breakdown(m, padded_vocab).values())
+def param_count(m, padded_vocab: int, active: bool = False) -> int:
+    return sum(param_breakdown(m, padded_vocab, active).values())
+
+
+def expert_param_count(m) -> int:
+    """Routed-expert parameters (all layers): the part sharded by ETP x EP instead of TP."""
+    return moe_layer_count(m) * m.num_moe_experts * moe_expert_params(m) if m.is_moe else 0

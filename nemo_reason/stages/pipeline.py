@@ -41,7 +41,8 @@ def run_pipeline(cfg: RunConfig, dims) -> List[StepResult]:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(to_yaml(cfg))
     results: List[StepResult] = []
-    prev_ckpt = None
+    # run.init_checkpoint: the first step starts from these weights (any layout: resharded on load).
+    prev_ckpt = Path(cfg.run.init_checkpoint) if cfg.run.init_checkpoint else None
     names = step_names(cfg)
     # run.stop_after: this invocation runs the steps up to that one (one SLURM job per step).
     last = names.index(cfg.run.stop_after) + 1 if cfg.run.stop_after else len(names)

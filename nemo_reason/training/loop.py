@@ -10,7 +10,7 @@ distillation reuse it with their own ``forward_step``):
    consumed samples, and RNG when the layout is unchanged);
 4. each step: ``get_forward_backward_func()`` over ``global_batch / (micro_batch * dp)``
    micro-batches (no pipelining, 1F1B or interleaved 1F1B by layout), optimizer step, scheduler step;
-5. loss/lr/grad-norm/tokens-per-second/model-FLOPs logged, checkpoints every ``save_every`` and at the end.
+5. loss/lr/grad-norm/tokens-per-second/model-FLOPs/MFU logged, checkpoints every ``save_every`` and at the end.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from megatron.core.transformer.module import Float16Module
 from megatron.core.utils import get_model_config
 
 from nemo_reason.backend import dist as bdist
+from nemo_reason.backend import peak as bpeak
 from nemo_reason.checkpoint import io as ckpt
 from nemo_reason.config.schema import RunConfig
 from nemo_reason.config.store import flatten, to_yaml
@@ -95,7 +96,9 @@ def _hook_schedule(cfg: RunConfig, model, optimizer) -> None:
 
 def _reduce_loss(losses_reduced, key: str = "lm loss") -> Optional[float]:
     """Token-weighted mean loss over micro-batches and data-parallel ranks (last stage only
-    holds losses; the all-reduce over the world makes it known everywhere)."""
+    holds losses; the all-reduce over the world makes it known everywhere). Each entry is a local
+    ``[sum, count]``: context-parallel ranks add their sequence chunks up to the whole sequence, and
+    tensor-parallel copies scale sum and count alike, so the ratio is the global token mean."""
     total = torch.zeros(2, dtype=torch.float64)
     for d in losses_reduced:
         if key in d:
@@ -127,6 +130,12 @@ def train(cfg: RunConfig, ctx, step_dir: Path, forward_step: Callable, init_chec
     optimizer = build_optimizer(cfg, model)
     scheduler = build_scheduler(cfg, optimizer)
     _hook_schedule(cfg, model, optimizer)
+    router_stats = None
+    if cfg.model.is_moe:
+        from nemo_reason.training.moe_stats import RouterStats
+
+        router_stats = RouterStats(chunks, cfg.model.num_layers, cfg.model.num_moe_experts, num_micro,
+                                   cfg.parallel.sequence_parallel)
     ckpt_root = step_dir / "checkpoints"
     config_yaml = to_yaml(cfg)
 
@@ -147,6 +156,9 @@ def train(cfg: RunConfig, ctx, step_dir: Path, forward_step: Callable, init_chec
 
     padded = padded_vocab_size(data.tokenizer.vocab_size, cfg.model.make_vocab_size_divisible_by, cfg.parallel.tp)
     flops_per_step = flops_per_step_from_config(cfg, padded)
+    # MFU's denominator, per rank (rank 0 logs): trainer.peak_tflops, the GPU's bf16 peak, or on CPU a
+    # matmul probe measured once and cached.
+    peak_tflops = bpeak.peak_tflops(t.peak_tflops, cfg.data.cache_dir) if rank == 0 else None
     tokens_per_step = t.global_batch_size * t.seq_length
     if rank == 0:
         n_params = sum(p.numel() for c in chunks for p in c.parameters())
@@ -154,8 +166,14 @@ def train(cfg: RunConfig, ctx, step_dir: Path, forward_step: Callable, init_chec
         print(f"[nemo-reason] {cfg.run.name}/{step_dir.name}: {dims.describe()} | params/rank {n_params:,} | "
               f"{num_micro} micro-batches of {t.micro_batch_size} x {t.seq_length} per step"
               + (f" | corpus unigram entropy {ent:.3f} nats" if ent else ""), flush=True)
+        print(data.describe(start_step), flush=True)
     writer = MetricsWriter(step_dir, t.max_steps, start_step, enabled=rank == 0, progress=t.progress,
                            hparams=flatten(cfg) if start_step == 0 else None)
+
+    if t.save_initial and start_step == 0:
+        _sync_params(cfg, model)
+        ckpt.save(ckpt_root, 0, 0, model, optimizer, scheduler, config_yaml, bdist.get_rng_state(),
+                  keep_last=0)
 
     vpp = cfg.parallel.vpp or 1
     train_iter = _iterators(data.train, consumed, t.micro_batch_size, dims.dp_rank, dp, vpp)
@@ -167,6 +185,10 @@ def train(cfg: RunConfig, ctx, step_dir: Path, forward_step: Callable, init_chec
     preemption.install(cfg.launcher.preempt_signal)
     try:
         while step < t.max_steps:
+            # The data switches phase inside the dataset (data/phases.py); this only announces it.
+            switch = data.phase_switch(step)
+            if switch and rank == 0:
+                print(switch, flush=True)
             for m in model:
                 m.zero_grad_buffer()
             optimizer.zero_grad()
@@ -201,12 +223,20 @@ def train(cfg: RunConfig, ctx, step_dir: Path, forward_step: Callable, init_chec
                     "step_time_s": elapsed / window_steps,
                     "tokens_per_s": tokens_per_step * window_steps / elapsed,
                     "model_tflops_per_s_per_rank": flops_per_step * window_steps / elapsed / 1e12 / dims.world_size,
+                    "mfu": (flops_per_step * window_steps / elapsed / 1e12 / dims.world_size / peak_tflops
+                            if peak_tflops else None),
                     "skipped_update": not update_ok,
                 }
+                if data.phased:
+                    record["phase"] = data.phase_at(step - 1).name
+                if router_stats is not None:
+                    record.update(router_stats.collect())
                 if t.eval_every and step % t.eval_every == 0 and data.valid is not None:
                     record["eval_loss"] = evaluate(cfg, model, data.valid, dims, forward_step, step, num_micro)
                 writer.log(record)
                 window_t0, window_steps = time.time(), 0
+            elif router_stats is not None:
+                router_stats.skip_log()
             # Every rank takes part in the preemption flag's all-reduce at every step but the last.
             preempted = step < t.max_steps and preemption.agreed()
             exiting = preempted or (bool(t.exit_interval) and step < t.max_steps and step % t.exit_interval == 0)

@@ -4,6 +4,13 @@ A ``forward_step(data_iterator, model)`` returns ``(output_tensor, loss_func)``;
 calls ``loss_func(output_tensor)`` on the last pipeline stage, which returns the loss to
 back-propagate and a dict of detached values to report. Megatron divides the returned loss by the
 number of micro-batches itself.
+
+Context parallelism (``parallel.cp = C``): every CP rank reads the whole micro-batch and keeps its
+two sequence chunks (:func:`batch_on_this_cp_rank`). Each rank's loss is its local masked sum
+divided by the token count of the *whole* sequence; Megatron's schedule multiplies a two-value
+loss function's result by ``C`` and DDP averages gradients over data x context parallel ranks, so
+the gradient equals one process's over the full sequence. The reported ``[sum, count]`` pairs are
+local, and the loop's all-reduce adds them up to the global token mean.
 """
 
 from __future__ import annotations
@@ -11,29 +18,42 @@ from __future__ import annotations
 from functools import partial
 
 import torch
+from megatron.core.utils import get_batch_on_this_cp_rank
 
 from nemo_reason.registry import Registry
 
 LOSSES: Registry = Registry("loss")
 
 
-def _masked_token_mean(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
+def batch_on_this_cp_rank(batch: dict):
+    """This CP rank's part of a micro-batch and the micro-batch's loss-token count.
+
+    Tensors ``[b, s]`` become ``[b, 2 * s / (2C)]``: chunks ``r`` and ``2C-1-r`` of ``2C``
+    (Megatron's ``get_batch_on_this_cp_rank``, the layout its RoPE and CP attention expect). The
+    count is over the whole sequence, taken before slicing; at ``C = 1`` nothing is sliced."""
+    num_tokens = batch["loss_mask"].sum()
+    return get_batch_on_this_cp_rank(dict(batch)), num_tokens
+
+
+def _masked_token_mean(loss_mask: torch.Tensor, num_tokens: torch.Tensor, output_tensor: torch.Tensor):
+    """Masked mean over the micro-batch's ``num_tokens`` loss tokens (whole sequence, all CP ranks);
+    ``loss_mask`` and ``output_tensor`` are this rank's part."""
     losses = output_tensor.float().reshape(-1)
     mask = loss_mask.reshape(-1).float()
     loss_sum = torch.sum(losses * mask)
-    tokens = mask.sum().clamp(min=1.0)
-    # Report the sum and the count so that averages over micro-batches and ranks are exact.
-    return loss_sum / tokens, {"lm loss": torch.stack([loss_sum.detach(), tokens.detach()])}
+    # Report the local sum and count so that averages over micro-batches and ranks are exact.
+    report = torch.stack([loss_sum.detach(), mask.sum().detach()])
+    return loss_sum / num_tokens.to(loss_sum).clamp(min=1.0), {"lm loss": report}
 
 
 @LOSSES.register("lm")
 def lm_forward_step(data_iterator, model):
     """Next-token cross-entropy (Megatron's vocab-parallel loss inside GPTModel)."""
-    batch = next(data_iterator)
+    batch, num_tokens = batch_on_this_cp_rank(next(data_iterator))
     device = next(model.parameters()).device
     tokens = batch["tokens"].to(device, non_blocking=True)
     labels = batch["labels"].to(device, non_blocking=True)
     position_ids = batch["position_ids"].to(device, non_blocking=True)
     loss_mask = batch["loss_mask"].to(device, non_blocking=True)
     output = model(tokens, position_ids, None, labels=labels)
-    return output, partial(_masked_token_mean, loss_mask)
+    return output, partial(_masked_token_mean, loss_mask, num_tokens.to(device))

@@ -101,6 +101,8 @@ class MetricsWriter:
             parts.append(f"gnorm {r['grad_norm']:.3f}")
         if "tokens_per_s" in r:
             parts.append(f"{fmt_rate(r['tokens_per_s'])} tok/s")
+        if r.get("mfu") is not None:
+            parts.append(f"MFU {100 * r['mfu']:.1f}%")
         if "phase" in r:
             parts.append(f"phase {r['phase']}")
         parts.append(f"ETA {fmt_duration(eta)}")

@@ -1,9 +1,9 @@
 """The hybrid (Mamba-2 + attention + MLP) model through the CLI, in real gloo processes.
 
-TP=2 against one process; a TP=2 run stopped by ``trainer.exit_interval`` and re-run against the
-uninterrupted TP=2 run; and the stopped run's TP=2 checkpoint resumed at TP=1 (the mixer's fused
-``in_proj``/``conv1d`` are saved as per-section global tensors, so they reshard) against the TP=1
-run. Five short runs of a 4-layer ``M*M-`` model, 64-token sequences.
+Golden losses of one process; a TP=2 run stopped by ``trainer.exit_interval`` and re-run against
+the uninterrupted one-process run (TP=2 parity itself is in test_layouts.py); and the stopped run's
+TP=2 checkpoint resumed at TP=1 (the mixer's fused ``in_proj``/``conv1d`` are saved as per-section
+global tensors, so they reshard). Four short runs of a 4-layer ``M*M-`` model, 64-token sequences.
 """
 
 import json
@@ -38,31 +38,21 @@ def tp1(workdir):
     return losses(workdir / "tp1" / "pretrain")
 
 
-@pytest.fixture(scope="module")
-def tp2(workdir):
-    proc = _run(workdir, "tp2", *TP2)
-    assert "tp=2" in proc.stdout
-    return losses(workdir / "tp2" / "pretrain")
-
-
 def test_hybrid_learns_and_matches_golden_losses(tp1):
-    assert tp1[6] < tp1[1] - 1.0
+    assert tp1[6] < tp1[1] - 0.3  # 6 steps from ln(vocab) with the BPE tokenizer
     golden = {int(k): v for k, v in json.loads(GOLDEN.read_text()).items()}
     for step, loss in golden.items():
         assert tp1[step] == pytest.approx(loss, rel=1e-3), step
 
 
-def test_hybrid_tp2_matches_tp1(tp1, tp2):
-    assert_losses_close(tp2, tp1, 1e-4)
-
-
-def test_hybrid_resume_equals_uninterrupted_and_reshards_to_tp1(workdir, tp1, tp2):
+def test_hybrid_resume_equals_uninterrupted_and_reshards_to_tp1(workdir, tp1):
     first = _run(workdir, "stop", *TP2, "trainer.exit_interval=3")
     assert "exit_interval reached at step 3" in first.stdout
     shutil.copytree(workdir / "stop", workdir / "reshard")
     second = _run(workdir, "stop", *TP2)
     assert "resumed from" in second.stdout and "(step 3," in second.stdout
-    assert_losses_close(losses(workdir / "stop" / "pretrain"), tp2, 1e-6)
+    # TP=2 equals TP=1 (test_layouts.py), stopped and resumed included.
+    assert_losses_close(losses(workdir / "stop" / "pretrain"), tp1, 1e-4)
     # The same TP=2 checkpoint, continued in one process.
     third = _run(workdir, "reshard")
     assert "resumed from" in third.stdout and "tp=1" in third.stdout

@@ -1,7 +1,9 @@
-"""Real multi-process runs (gloo, spawned by `nemo-reason run`) against one process.
+"""Real multi-process runs (gloo, spawned by `nemo-reason run`, torchrun) against one process.
 
-Each run is the CLI as a user types it; the losses come from metrics.jsonl. Spawns are shared
-through module-scoped fixtures: one single-process baseline, one TP=2, one DP=2 run.
+Each run is the CLI as a user types it; the losses come from metrics.jsonl. The layout matrix
+itself (every dimension against one process) is tests/distributed/test_layouts.py; this module
+covers the ways of starting ranks and checkpoints crossing layouts: a torchrun start whose TP=2
+checkpoint continues at TP=1, and a distributed-optimizer checkpoint saved at DP=2 resumed at TP=2.
 """
 
 import pytest
@@ -20,25 +22,14 @@ def baseline(workdir):
     return losses(workdir / "base" / "pretrain")
 
 
-@pytest.fixture(scope="module")
-def dp2(workdir):
-    run_cli(["run", "tiny", *FAST, "run.dir=dp2", "launcher.nproc_per_node=2", "optim.distributed=true"],
-            cwd=workdir)
-    return losses(workdir / "dp2" / "pretrain")
-
-
 def test_baseline_learns(baseline):
-    assert baseline[6] < baseline[1] - 1.0
+    assert baseline[6] < baseline[1] - 0.3  # 6 steps from ln(vocab) with the BPE tokenizer
 
 
-def test_tp2_matches_tp1(workdir, baseline):
-    proc = run_cli(["run", "tiny", *FAST, "run.dir=tp2", "parallel.tp=2", "launcher.nproc_per_node=2"], cwd=workdir)
-    assert "tp=2" in proc.stdout
-    assert_losses_close(losses(workdir / "tp2" / "pretrain"), baseline, 1e-4)
-
-
-def test_under_torchrun_each_process_is_a_rank(workdir, baseline):
-    """Started by torchrun (as a cluster script would), `nemo-reason run` runs as that rank."""
+@pytest.fixture(scope="module")
+def torchrun_tp2(workdir):
+    """Started by torchrun (as a cluster script would), `nemo-reason run` runs as that rank; the
+    TP=2 run stops at step 3 (trainer.exit_interval) with a checkpoint."""
     import subprocess
     import sys
 
@@ -46,30 +37,32 @@ def test_under_torchrun_each_process_is_a_rank(workdir, baseline):
 
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc-per-node=2",
            f"--rdzv-endpoint=127.0.0.1:{free_port()}", "--rdzv-backend=c10d",
-           "-m", "nemo_reason.cli", "run", "tiny", *FAST, "run.dir=torchrun", "parallel.tp=2",
-           "launcher.nproc_per_node=2"]
+           "-m", "nemo_reason.cli", "run", "tiny", *FAST, "run.dir=tp2_then_tp1", "parallel.tp=2",
+           "launcher.nproc_per_node=2", "trainer.exit_interval=3"]
     proc = subprocess.run(cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:]
-    assert_losses_close(losses(workdir / "torchrun" / "pretrain"), baseline, 1e-4)
+    return proc
 
 
-def test_dp2_distributed_optimizer_matches_one_process(baseline, dp2):
-    assert_losses_close(dp2, baseline, 1e-4)
+def test_under_torchrun_each_process_is_a_rank(workdir, baseline, torchrun_tp2):
+    assert "tp=2" in torchrun_tp2.stdout and "exit_interval reached at step 3" in torchrun_tp2.stdout
+    got = losses(workdir / "tp2_then_tp1" / "pretrain")
+    assert_losses_close({s: got[s] for s in (1, 2, 3)}, {s: baseline[s] for s in (1, 2, 3)}, 1e-4)
 
 
-def test_distributed_optimizer_resume_equals_uninterrupted(workdir, dp2):
-    args = ["run", "tiny", *FAST, "run.dir=dp2_resume", "launcher.nproc_per_node=2", "optim.distributed=true"]
+def test_checkpoint_saved_at_tp2_continues_at_tp1(workdir, baseline, torchrun_tp2):
+    proc = run_cli(["run", "tiny", *FAST, "run.dir=tp2_then_tp1"], cwd=workdir)
+    assert "resumed from" in proc.stdout and "tp=1" in proc.stdout
+    assert_losses_close(losses(workdir / "tp2_then_tp1" / "pretrain"), baseline, 1e-4)
+
+
+def test_distributed_optimizer_resume_reshards(workdir, baseline):
+    """Stopped at DP=2 (optimizer states sharded over DP), resumed at TP=2 x DP=1: the distributed
+    optimizer's states, the scheduler and the sample position carry over (fully_reshardable)."""
+    args = ["run", "tiny", *FAST, "run.dir=distopt", "launcher.nproc_per_node=2", "optim.distributed=true"]
     first = run_cli(args + ["trainer.exit_interval=3"], cwd=workdir)
     assert "exit_interval reached at step 3" in first.stdout
-    assert not (workdir / "dp2_resume" / "pretrain" / "done.json").exists()
-    second = run_cli(args, cwd=workdir)
-    assert "resumed from" in second.stdout and "(step 3," in second.stdout
-    assert_losses_close(losses(workdir / "dp2_resume" / "pretrain"), dp2, 1e-6)
-
-
-def test_checkpoint_saved_at_tp2_continues_at_tp1(workdir, baseline):
-    run_cli(["run", "tiny", *FAST, "run.dir=reshard", "parallel.tp=2", "launcher.nproc_per_node=2",
-             "trainer.exit_interval=3"], cwd=workdir)
-    proc = run_cli(["run", "tiny", *FAST, "run.dir=reshard"], cwd=workdir)
-    assert "resumed from" in proc.stdout and "tp=1" in proc.stdout
-    assert_losses_close(losses(workdir / "reshard" / "pretrain"), baseline, 1e-4)
+    assert not (workdir / "distopt" / "pretrain" / "done.json").exists()
+    second = run_cli(args + ["parallel.tp=2"], cwd=workdir)
+    assert "resumed from" in second.stdout and "(step 3," in second.stdout and "tp=2" in second.stdout
+    assert_losses_close(losses(workdir / "distopt" / "pretrain"), baseline, 1e-4)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import FAST, losses, run_cli
+from tests.conftest import FAST, losses, read_metrics, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +35,10 @@ def test_rerun_resumes_and_matches_uninterrupted(workdir, uninterrupted):
     assert sorted(got) == sorted(uninterrupted)
     for step, ref in uninterrupted.items():
         assert abs(got[step] - ref) <= 1e-6 * abs(ref), (step, got[step], ref)
+    # The tiny recipe trains in two data phases: 0.6 x 6 steps rounds to 4, so the stop at step 4 is
+    # exactly at the boundary and the resumed run starts the second phase.
+    assert [r["phase"] for r in read_metrics(step_dir)] == ["broad"] * 4 + ["high_quality"] * 2
+    assert "data phase 1 (broad) -> 2 (high_quality) at step 4 (tokens 8,192)" in proc.stdout
     # The resolved config travels with each checkpoint.
     ckpt = step_dir / "checkpoints" / "iter_0000006"
     assert (ckpt / "config.yaml").read_text().count("max_steps: 6") == 1

@@ -31,8 +31,9 @@ def test_tiny_learns_below_unigram_entropy(tiny_run):
     final = records[-1]
     assert final["loss"] < 0.5 * stats, (final["loss"], stats)
     assert final["eval_loss"] < 0.5 * stats
-    for key in ("lr", "grad_norm", "tokens_per_s", "model_tflops_per_s_per_rank", "consumed_samples"):
+    for key in ("lr", "grad_norm", "tokens_per_s", "model_tflops_per_s_per_rank", "mfu", "consumed_samples"):
         assert key in final and final[key] > 0
+    assert final["mfu"] < 1.5  # against the measured CPU peak: well below 1 (1.5 leaves room for noise)
 
 
 def test_tiny_writes_what_a_user_looks_for(tiny_run):
@@ -45,6 +46,15 @@ def test_tiny_writes_what_a_user_looks_for(tiny_run):
     assert (step_dir / "checkpoints" / "iter_0000200" / "config.yaml").is_file()
     assert json.loads((step_dir / "done.json").read_text())["max_steps"] == 200
     assert "step 200/200" in proc.stdout and "ETA" in proc.stdout and "tok/s" in proc.stdout
+
+
+def test_tiny_switches_data_phase_at_the_token_boundary(tiny_run):
+    """Two phases, 0.6 / 0.4 of 200 steps x 16 x 128 tokens: the switch follows step 120."""
+    cwd, proc = tiny_run
+    phases = {r["step"]: r["phase"] for r in read_metrics(cwd / "runs" / "tiny" / "pretrain")}
+    assert {s for s, p in phases.items() if p == "broad"} == set(range(10, 121, 10))
+    assert {s for s, p in phases.items() if p == "high_quality"} == set(range(130, 201, 10))
+    assert "data phase 1 (broad) -> 2 (high_quality) at step 120 (tokens 245,760)" in proc.stdout
 
 
 def test_tiny_matches_golden_losses(tiny_run):

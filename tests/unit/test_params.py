@@ -25,6 +25,8 @@ def test_published_nemotron_h_sizes(recipe):
     ("tiny_hybrid", []),
     ("tiny_hybrid", ["model.normalization=LayerNorm", "model.add_bias_linear=true", "model.activation=swiglu"]),
     ("tiny", []),
+    ("tiny_moe", ["model.moe_shared_expert_gate=true"]),
+    ("tiny_moe", ["model.moe_layer_freq=2", "model.moe_shared_expert_intermediate_size=null"]),
 ])
 def test_count_equals_the_built_model(megatron_single, recipe, overrides):  # noqa: F811
     from nemo_reason.data.tokenizer import padded_vocab_size

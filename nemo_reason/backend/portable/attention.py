@@ -2,16 +2,29 @@
 
 Megatron-Core's local ``DotProductAttention`` takes its score buffer from a global memory
 buffer allocated on ``torch.cuda.current_device()`` and asserts context parallelism is off;
-its fused path is TE's. This module keeps Megatron's constructor and forward signature, so it
-drops into a layer spec as ``core_attention``, and computes attention with
-``torch.nn.functional.scaled_dot_product_attention`` on any device.
+its fused path (and its context-parallel attention) is TE's. This module keeps Megatron's
+constructor and forward signature, so it drops into a layer spec as ``core_attention``, and
+computes attention with ``torch.nn.functional.scaled_dot_product_attention`` on any device.
 
 Shapes (Megatron's convention, sequence first):
   query [sq, b, np, hn], key/value [sk, b, ng, hn]  ->  context [sq, b, np * hn]
 where np/ng are the attention heads / query groups on this tensor-parallel rank.
 
-Left out: packed sequences (THD), attention bias, sliding windows, softmax offsets, and
-context parallelism (the parallelism issue adds a CP path); each raises a clear error.
+Context parallelism (``parallel.cp = C > 1``): the sequence is cut into ``2C`` chunks and CP rank
+``r`` holds chunks ``r`` and ``2C-1-r`` (Megatron's load-balanced layout, made by
+``get_batch_on_this_cp_rank`` in the forward step; RoPE takes the same chunks through Megatron's
+``get_pos_emb_on_this_cp_rank``). Each rank all-gathers K and V over the CP group (one collective
+for both, Megatron's ``gather_from_sequence_parallel_region``: its backward reduce-scatters the
+K/V gradients back to their owners) and attends with its local queries to all ``C * sq`` keys.
+Keys stay in gathered (rank) order, which is a permutation of the sequence; the causal mask is
+built from the true positions (query position >= key position), so the result equals
+full-sequence attention restricted to the local rows. The load-balanced chunks give every rank
+the same number of unmasked scores (SDPA with a dense mask still computes the masked ones).
+Memory per rank is O(sq * C * sq) for the mask and scores, fine on the CPU and for moderate
+lengths; TE's ring attention (``model.backend=te``) is the path for long sequences on GPUs. Supported under CP: causal and no-mask self-attention with MHA or GQA.
+
+Left out: packed sequences (THD), attention bias, sliding windows, softmax offsets, explicit
+attention masks and KV-cache decoding under context parallelism; each raises a clear error.
 """
 
 from __future__ import annotations
@@ -25,6 +38,15 @@ from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron.core.utils import divide
+
+
+def cp_positions(cp_size: int, cp_rank: int, local_len: int, device=None) -> torch.Tensor:
+    """Global sequence positions of the ``local_len`` tokens CP rank ``cp_rank`` holds (chunks
+    ``cp_rank`` and ``2 * cp_size - 1 - cp_rank`` of ``2 * cp_size``)."""
+    c = local_len // 2
+    first, second = cp_rank, 2 * cp_size - 1 - cp_rank
+    return torch.cat([torch.arange(first * c, (first + 1) * c, device=device),
+                      torch.arange(second * c, (second + 1) * c, device=device)])
 
 
 class SDPACoreAttention(MegatronModule):
@@ -42,11 +64,6 @@ class SDPACoreAttention(MegatronModule):
         pg_collection=None,
     ):
         super().__init__(config=config)
-        if config.context_parallel_size != 1:
-            raise NotImplementedError(
-                "SDPACoreAttention has no context-parallel path yet: run with parallel.cp=1 "
-                "on the local backend (or model.backend=te on CUDA)."
-            )
         if getattr(config, "window_size", None) is not None:
             raise NotImplementedError("sliding-window attention needs model.backend=te")
         if getattr(config, "softmax_type", "vanilla") != "vanilla":
@@ -54,8 +71,21 @@ class SDPACoreAttention(MegatronModule):
         if pg_collection is None:
             from megatron.core.process_groups_config import ProcessGroupCollection
 
-            pg_collection = ProcessGroupCollection.use_mpu_process_groups(required_pgs=["tp"])
+            pg_collection = ProcessGroupCollection.use_mpu_process_groups(required_pgs=["tp", "cp"])
         tp_size = pg_collection.tp.size()
+        # cp_comm_type picks TE's CP algorithm (p2p ring, a2a, ...); the result is the same, and this
+        # module always all-gathers K/V.
+        self.cp_group = getattr(pg_collection, "cp", None)
+        if self.cp_group is None and config.context_parallel_size > 1:
+            from megatron.core import parallel_state
+
+            self.cp_group = parallel_state.get_context_parallel_group()
+        self.cp_size = self.cp_group.size() if self.cp_group is not None else 1
+        if self.cp_size != config.context_parallel_size:
+            raise ValueError(f"the CP group has {self.cp_size} ranks but the config says "
+                             f"context_parallel_size={config.context_parallel_size}")
+        if self.cp_size > 1 and attention_type != "self":
+            raise NotImplementedError("context parallelism in SDPACoreAttention covers self-attention only")
         self.layer_number = max(1, layer_number)
         self.attn_mask_type = attn_mask_type
         self.num_heads = divide(config.num_attention_heads, tp_size)
@@ -68,6 +98,7 @@ class SDPACoreAttention(MegatronModule):
             # product is the plain scale, which is what SDPA computes in one go.
             pass
         self.dropout_p = config.attention_dropout if attention_dropout is None else attention_dropout
+        self._cp_mask_cache = {}
 
     def forward(
         self,
@@ -85,6 +116,9 @@ class SDPACoreAttention(MegatronModule):
             raise NotImplementedError("attention bias needs model.backend=te")
         mask_type = attn_mask_type if attn_mask_type is not None else self.attn_mask_type
         sq, b = query.shape[0], query.shape[1]
+        if self.cp_size > 1:
+            key, value, mask = self._gather_kv_over_cp(query, key, value, attention_mask, mask_type)
+            causal = False
         # [s, b, h, d] -> [b, h, s, d]
         q = query.permute(1, 2, 0, 3)
         k = key.permute(1, 2, 0, 3)
@@ -93,19 +127,57 @@ class SDPACoreAttention(MegatronModule):
             rep = self.num_heads // self.num_groups
             k = k.repeat_interleave(rep, dim=1)
             v = v.repeat_interleave(rep, dim=1)
-        causal = mask_type == AttnMaskType.causal and attention_mask is None
-        mask = None
-        if attention_mask is not None and mask_type != AttnMaskType.no_mask:
-            # Megatron masks are True where attention is *not* allowed; SDPA wants the opposite.
-            mask = ~attention_mask
-        elif mask_type == AttnMaskType.causal and q.shape[2] != k.shape[2]:
-            # Decoding with a KV cache: queries are the last sq positions of sk.
-            sk = k.shape[2]
-            mask = torch.ones(sq, sk, dtype=torch.bool, device=q.device).tril(diagonal=sk - sq)
-            causal = False
+        if self.cp_size == 1:
+            causal = mask_type == AttnMaskType.causal and attention_mask is None
+            mask = None
+            if attention_mask is not None and mask_type != AttnMaskType.no_mask:
+                # Megatron masks are True where attention is *not* allowed; SDPA wants the opposite.
+                mask = ~attention_mask
+            elif mask_type == AttnMaskType.causal and q.shape[2] != k.shape[2]:
+                # Decoding with a KV cache: queries are the last sq positions of sk.
+                sk = k.shape[2]
+                mask = torch.ones(sq, sk, dtype=torch.bool, device=q.device).tril(diagonal=sk - sq)
+                causal = False
         dropout = self.dropout_p if self.training else 0.0
         context = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal, scale=self.softmax_scale
         )
         # [b, h, sq, d] -> [sq, b, h * d]
         return context.permute(2, 0, 1, 3).reshape(sq, b, self.hidden_size_per_partition)
+
+    def _gather_kv_over_cp(self, query, key, value, attention_mask, mask_type):
+        """All-gather K and V over the CP group; the mask of local queries against all keys
+        (``None`` without a causal mask). Returns key/value ``[cp * sk, b, ng, hn]`` and the mask."""
+        from megatron.core.tensor_parallel.mappings import gather_from_sequence_parallel_region
+
+        if attention_mask is not None:
+            raise NotImplementedError("explicit attention masks under context parallelism need "
+                                      "model.backend=te; the causal mask needs none")
+        if mask_type not in (AttnMaskType.causal, AttnMaskType.no_mask):
+            raise NotImplementedError(f"attn_mask_type={mask_type.name} under context parallelism "
+                                      "needs model.backend=te")
+        sq = query.shape[0]
+        if key.shape[0] != sq or sq % 2:
+            raise NotImplementedError("context parallelism needs equal, even local query and key lengths "
+                                      "(KV-cache decoding runs with parallel.cp=1)")
+        hk = key.shape[-1]
+        # One collective for K and V; the backward reduce-scatters their gradients to the owners.
+        kv = gather_from_sequence_parallel_region(torch.cat([key, value], dim=-1), tensor_parallel_output_grad=True,
+                                                  group=self.cp_group)
+        key, value = kv[..., :hk], kv[..., hk:]
+        mask = None
+        if mask_type == AttnMaskType.causal:
+            mask = self._causal_cp_mask(sq, query.device)
+        return key, value, mask
+
+    def _causal_cp_mask(self, sq: int, device) -> torch.Tensor:
+        """``[sq, cp * sq]`` bool, True where local query i may attend gathered key j."""
+        cache_key = (sq, str(device))
+        mask = self._cp_mask_cache.get(cache_key)
+        if mask is None:
+            rank = self.cp_group.rank()
+            q_pos = cp_positions(self.cp_size, rank, sq, device)
+            k_pos = torch.cat([cp_positions(self.cp_size, r, sq, device) for r in range(self.cp_size)])
+            mask = q_pos[:, None] >= k_pos[None, :]
+            self._cp_mask_cache = {cache_key: mask}
+        return mask

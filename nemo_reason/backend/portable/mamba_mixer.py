@@ -23,8 +23,20 @@ parameter is drawn at its full (all-ranks) size from the default generator and e
 rows, as Megatron's CPU path does for linear layers, so one seed gives the same model at every TP
 size. Otherwise the mixer draws per rank under the model-parallel RNG tracker, like Megatron's.
 
-Left out (clear errors): context parallelism, packed sequences (``seq_idx``), dynamic batching,
-``bias=True`` and ``norm_before_gate=True`` (Megatron asserts those two as well).
+Context parallelism (``parallel.cp > 1``), as Megatron's ``MambaMixer`` does it and with its own
+:class:`~megatron.core.ssm.mamba_context_parallel.MambaContextParallel` (``self.cp``): the layer
+input is this CP rank's part of the sequence (``[l/cp, b, d_model]``, attention's load-balanced
+chunks); after ``in_proj`` an all-to-all over the CP group switches to the full sequence for
+``1/cp`` of this TP rank's heads (``[l, b, .../cp]``, chunks back in sequence order), so the causal
+conv1d and the SSD scan see whole sequences; a second all-to-all switches back before the gated
+norm and ``out_proj``. Every CP rank keeps all of its TP rank's parameters and uses the slices
+of ``conv1d``, ``dt_bias``, ``A_log`` and ``D`` for its heads (``self.cp.get_*``), so checkpoints
+do not depend on CP. Heads per TP rank must divide by cp; B/C groups per TP rank must divide by cp,
+or cp by them (a group's state is then replicated over the CP ranks that share its heads).
+
+Left out (clear errors): packed sequences (``seq_idx``), dynamic batching, generation under context
+parallelism, ``rmsnorm=False`` under context parallelism (Megatron asserts it too), ``bias=True`` and
+``norm_before_gate=True`` (Megatron asserts those two as well).
 """
 
 from __future__ import annotations
@@ -37,6 +49,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from megatron.core.inference.contexts import BaseInferenceContext
+from megatron.core.ssm.mamba_context_parallel import MambaContextParallel
 from megatron.core.tensor_parallel import get_cuda_rng_tracker
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.spec_utils import ModuleSpec, build_module
@@ -86,9 +99,6 @@ class PortableMambaMixer(MegatronModule):
         if bias or norm_before_gate:
             raise NotImplementedError("Mamba mixer: bias=True and norm_before_gate=True are unsupported "
                                       "(Megatron's MambaMixer asserts both off)")
-        cp = getattr(pg_collection, "cp", None)
-        if cp is not None and cp.size() > 1:
-            raise NotImplementedError("the portable Mamba mixer has no context-parallel path; use parallel.cp=1")
         self.tp_group = pg_collection.tp
         tp, rank = self.tp_group.size(), self.tp_group.rank()
         dims = MambaDims.build(d_model=d_model, d_state=config.mamba_state_dim, headdim=config.mamba_head_dim,
@@ -162,6 +172,16 @@ class PortableMambaMixer(MegatronModule):
         self.D = nn.Parameter(torch.ones(dims.d_inner_local if D_has_hdim else dims.nheads_local, device=device))
         self._mark_tp(self.dt_bias, self.A_log, self.D)
 
+        # Megatron's CP helper: all-to-all layout switches and this CP rank's parameter slices
+        # (identity at cp=1). Holds references to the parameters above, owns none.
+        self.cp = MambaContextParallel(
+            cp_group=pg_collection.cp, d_inner_local_tp=dims.d_inner_local, nheads_local_tp=dims.nheads_local,
+            ngroups_local_tp=dims.ngroups_local, d_state=dims.d_state, conv1d_cp1=self.conv1d,
+            dt_bias_cp1=self.dt_bias, A_log_cp1=self.A_log, D_cp1=self.D, D_has_hdim=D_has_hdim,
+        )
+        if self.cp.cp_size > 1 and not rmsnorm:
+            raise NotImplementedError("Mamba mixer: context parallelism needs rmsnorm=True (as Megatron's MambaMixer)")
+
         if rmsnorm:
             self.norm = RMSNormGated(dims.d_inner_local, eps=1e-5, group_size=dims.d_inner_local // dims.ngroups_local,
                                      norm_before_gate=False, device=device, dtype=dtype)
@@ -201,6 +221,8 @@ class PortableMambaMixer(MegatronModule):
                                       "(model.backend=te on CUDA)")
         conv_state = ssm_state = None
         if inference_context is not None and not self.training:
+            if self.cp.cp_size > 1:
+                raise NotImplementedError("generation with the Mamba mixer runs with parallel.cp=1")
             if not inference_context.is_static_batching():
                 raise NotImplementedError("dynamic-batching inference needs Megatron's MambaMixer on CUDA; "
                                           "use a StaticInferenceContext")
@@ -215,32 +237,39 @@ class PortableMambaMixer(MegatronModule):
         return torch.split(zxBCdt, [d.d_inner_local, sum(d.conv_sections()), d.nheads_local], dim=-1)
 
     def _scan(self, zxBCdt, conv_state=None, ssm_state=None):
-        """Full-sequence path: ``[l, b, in_proj]`` -> ``[l, b, d_inner]`` (fills the states when given)."""
-        d = self.dims
-        z, xBC, dt = self._split(zxBCdt.transpose(0, 1))            # [b, l, *]
+        """Full-sequence path: ``[l, b, in_proj]`` -> ``[l, b, d_inner]`` (fills the states when given).
+
+        Under CP, ``l`` is this rank's share of the sequence and the conv/scan in between run over
+        the whole sequence for this rank's ``1/cp`` of the heads (``h``, ``g``, ``di`` below)."""
+        d, cp = self.dims, self.cp
+        h, g, di = cp.nheads_local_tpcp, cp.ngroups_local_tpcp, cp.d_inner_local_tpcp
+        zxBCdt = cp.pre_conv_ssm(zxBCdt)                               # [l*cp, b, in_proj/cp]
+        z, xBC, dt = torch.split(zxBCdt.transpose(0, 1), [di, cp.conv1d_channels(), h], dim=-1)  # [b, l, *]
         b, l = z.shape[:2]
         xBC = xBC.transpose(1, 2)                                      # [b, conv_dim, l]
         if conv_state is not None:
             # The last d_conv inputs (zero-padded when the prompt is shorter).
             conv_state.copy_(F.pad(xBC, (d.d_conv - l, 0)))
-        xBC = causal_conv1d_fn(xBC, self.conv1d.weight.squeeze(1), self.conv1d.bias, activation=self.activation)
-        x, B, C = torch.split(xBC.transpose(1, 2), d.conv_sections(), dim=-1)
+        bias = cp.get_conv1d_bias() if self.conv1d.bias is not None else None
+        xBC = causal_conv1d_fn(xBC, cp.get_conv1d_weight().squeeze(1), bias, activation=self.activation)
+        x, B, C = torch.split(xBC.transpose(1, 2), [di, g * d.d_state, g * d.d_state], dim=-1)
         out = mamba_chunk_scan_combined(
-            x.reshape(b, l, d.nheads_local, d.headdim), dt.contiguous(), -torch.exp(self.A_log.float()),
-            B.reshape(b, l, d.ngroups_local, d.d_state), C.reshape(b, l, d.ngroups_local, d.d_state),
-            self.chunk_size, D=self._D(), z=None if self.rmsnorm else z.reshape(b, l, d.nheads_local, d.headdim),
-            dt_bias=self.dt_bias.float(), dt_softplus=True, return_final_states=ssm_state is not None,
+            x.reshape(b, l, h, d.headdim), dt.contiguous(), -torch.exp(cp.get_A_log().float()),
+            B.reshape(b, l, g, d.d_state), C.reshape(b, l, g, d.d_state),
+            self.chunk_size, D=self._D(cp.get_D()), z=None if self.rmsnorm else z.reshape(b, l, h, d.headdim),
+            dt_bias=cp.get_dt_bias().float(), dt_softplus=True, return_final_states=ssm_state is not None,
         )
         if ssm_state is not None:
             out, last_state = out
             ssm_state.copy_(last_state)
-        y = out.reshape(b, l, d.d_inner_local).transpose(0, 1)        # [l, b, d_inner]
+        y = cp.post_conv_ssm(out.reshape(b, l, di).transpose(0, 1).contiguous())  # [l/cp, b, d_inner]
         if self.rmsnorm:
-            y = self.norm(y, z.transpose(0, 1))
+            y = self.norm(y, cp.post_conv_ssm(z.transpose(0, 1).contiguous()))
         return y.contiguous()
 
-    def _D(self):
-        return self.D.float().reshape(self.dims.nheads_local, self.dims.headdim) if self.D_has_hdim else self.D
+    def _D(self, D=None):
+        D = self.D if D is None else D
+        return D.float().reshape(-1, self.dims.headdim) if self.D_has_hdim else D
 
     def _decode(self, hidden_states, conv_state, ssm_state):
         """Tokens after the prompt, one recurrent step each (states updated in place)."""

@@ -1,0 +1,32 @@
+"""Portable layer norm with Megatron's norm interface, sequence parallelism included.
+
+Megatron-Core's ``WrappedTorchNorm`` (the local spec's norm without apex) builds
+``torch.nn.LayerNorm``/``RMSNorm`` but asserts ``sequence_parallel`` is off
+(``transformer/torch_norm.py:32``); apex's ``FusedLayerNorm`` and TE's norms support it. All a
+norm needs under sequence parallelism is to mark its parameters ``sequence_parallel``: each
+tensor-parallel rank then sees a different slice of the sequence, and Megatron's
+``finalize_model_grads`` all-reduces the gradients of marked parameters over the
+tensor-parallel group. :class:`PortableNorm` does exactly that and otherwise builds the same torch
+module, so parameters, state-dict keys and arithmetic are those of ``WrappedTorchNorm``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class PortableNorm:
+    """``LayerNorm`` or ``RMSNorm`` (per ``config.normalization``) whose parameters carry
+    ``sequence_parallel``; same constructor as Megatron's norms."""
+
+    def __new__(cls, config, hidden_size: int, eps: float = 1e-5, persist_layer_norm: bool = False,
+                zero_centered_gamma: bool = False, normalization: str = "LayerNorm"):
+        if config.layernorm_zero_centered_gamma:
+            raise NotImplementedError("layernorm_zero_centered_gamma needs model.backend=te")
+        kinds = {"LayerNorm": torch.nn.LayerNorm, "RMSNorm": torch.nn.RMSNorm}
+        if config.normalization not in kinds:
+            raise NotImplementedError(f"normalization={config.normalization!r}: use LayerNorm or RMSNorm")
+        norm = kinds[config.normalization](normalized_shape=hidden_size, eps=eps)
+        for p in norm.parameters():
+            setattr(p, "sequence_parallel", config.sequence_parallel)
+        return norm
