@@ -45,6 +45,8 @@ def test_hybrid_learns_and_matches_golden_losses(tp1):
         assert tp1[step] == pytest.approx(loss, rel=1e-3), step
 
 
+# Three CLI runs (~70 s): out of the default suite's 15-minute budget; run with -m slow.
+@pytest.mark.slow
 def test_hybrid_resume_equals_uninterrupted_and_reshards_to_tp1(workdir, tp1):
     first = _run(workdir, "stop", *TP2, "trainer.exit_interval=3")
     assert "exit_interval reached at step 3" in first.stdout

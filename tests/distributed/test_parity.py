@@ -56,6 +56,8 @@ def test_checkpoint_saved_at_tp2_continues_at_tp1(workdir, baseline, torchrun_tp
     assert_losses_close(losses(workdir / "tp2_then_tp1" / "pretrain"), baseline, 1e-4)
 
 
+# Two CLI runs (~45 s); DP=2 distributed-optimizer parity itself is in test_layouts.py. Run with -m slow.
+@pytest.mark.slow
 def test_distributed_optimizer_resume_reshards(workdir, baseline):
     """Stopped at DP=2 (optimizer states sharded over DP), resumed at TP=2 x DP=1: the distributed
     optimizer's states, the scheduler and the sample position carry over (fully_reshardable)."""

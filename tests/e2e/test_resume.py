@@ -83,6 +83,8 @@ def test_kill_during_save_leaves_no_complete_looking_checkpoint(workdir, uninter
     assert not list(ckpts.glob(".tmp_iter_*")), "leftover partial save was not cleaned"
 
 
+# bf16 matmuls are slow on CPU (~60 s for three runs): run with -m slow.
+@pytest.mark.slow
 def test_bf16_runs_through_float16_module_and_resumes_exactly(workdir):
     """bf16: Megatron's Float16Module + Float16Optimizer (fp32 master weights), saved and resumed."""
     # bf16 matmuls are slow on CPU: a 1-layer model on short sequences.
