@@ -2,17 +2,8 @@
 
 import os
 import platform
-from pathlib import Path
 
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from nemo_reason.backend.peak import cpu_model
 
 
 def describe(threads: bool = False, load: bool = False) -> str:

@@ -47,7 +47,8 @@ def gpu_peak_tflops(device_name: str) -> float:
     return H100_BF16_TFLOPS
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo, else what platform knows)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -79,7 +80,7 @@ def cpu_peak_tflops(cache_dir: str = "") -> float:
 
     from nemo_reason.data.indexed import cache_root
 
-    key = f"{_cpu_model()} | {torch.get_num_threads()} threads | fp32 matmul 1024"
+    key = f"{cpu_model()} | {torch.get_num_threads()} threads | fp32 matmul 1024"
     path = cache_root(cache_dir) / "peak_tflops.json"
     try:
         table = json.loads(path.read_text())
