@@ -139,32 +139,37 @@ def _local_hybrid_stack_spec(mixer_cls, chunk_size: int) -> ModuleSpec:
             sharded_state_dict_keys_map={"input_layernorm.": "self_attention.linear_qkv.layer_norm_"},
         ),
     )
-    mlp_layer = ModuleSpec(
-        module=MLPLayer,
-        submodules=TransformerLayerSubmodules(
-            pre_mlp_layernorm=PortableNorm,
-            mlp=ModuleSpec(module=MLP, submodules=MLPSubmodules(linear_fc1=ColumnParallelLinear,
-                                                                linear_fc2=RowParallelLinear)),
-            mlp_bda=get_bias_dropout_add,
-            sharded_state_dict_keys_map={"pre_mlp_layernorm.": "mlp.linear_fc1.layer_norm_"},
-        ),
-    )
+    mlp_layer = _pre_norm_mlp_layer(MLPLayer, ModuleSpec(module=MLP, submodules=MLPSubmodules(
+        linear_fc1=ColumnParallelLinear, linear_fc2=RowParallelLinear)))
     from megatron.core.models.gpt.moe_module_specs import get_moe_module_spec
 
     # E layers: Megatron's MoE layer (local experts: SequentialMLP; router and dispatchers are
     # Megatron's), in a pre-norm transformer layer as Megatron's mamba_stack_spec has it.
-    moe_layer = ModuleSpec(
-        module=TransformerLayer,
-        submodules=TransformerLayerSubmodules(
-            pre_mlp_layernorm=PortableNorm,
-            mlp=get_moe_module_spec(use_te=False, num_experts=8, moe_grouped_gemm=False),
-            mlp_bda=get_bias_dropout_add,
-            sharded_state_dict_keys_map={"pre_mlp_layernorm.": "mlp.linear_fc1.layer_norm_"},
-        ),
-    )
+    # (num_experts is a placeholder, as in Megatron's mamba_stack_spec: MoELayer reads the config.)
+    moe_layer = _pre_norm_mlp_layer(TransformerLayer,
+                                    get_moe_module_spec(use_te=False, num_experts=8, moe_grouped_gemm=False))
     return ModuleSpec(
         module=MambaStack,
         params={"final_norm": PortableNorm},
         submodules=MambaStackSubmodules(mamba_layer=mamba_layer, attention_layer=attention_layer,
                                         mlp_layer=mlp_layer, moe_layer=moe_layer),
+    )
+
+
+def _pre_norm_mlp_layer(layer_cls, mlp: ModuleSpec) -> ModuleSpec:
+    """A pre-norm layer holding only an MLP (``-``) or an MoE (``E``) block, with the norm mapped onto
+    TE's fused name in checkpoints."""
+    from megatron.core.fusions.fused_bias_dropout import get_bias_dropout_add
+    from megatron.core.transformer.transformer_layer import TransformerLayerSubmodules
+
+    from nemo_reason.backend.portable.norm import PortableNorm
+
+    return ModuleSpec(
+        module=layer_cls,
+        submodules=TransformerLayerSubmodules(
+            pre_mlp_layernorm=PortableNorm,
+            mlp=mlp,
+            mlp_bda=get_bias_dropout_add,
+            sharded_state_dict_keys_map={"pre_mlp_layernorm.": "mlp.linear_fc1.layer_norm_"},
+        ),
     )
