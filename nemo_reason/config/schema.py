@@ -19,6 +19,7 @@ from typing import Any, Dict, List, Optional
 
 from nemo_reason.config.errors import ConfigError, _check  # noqa: F401  (re-exported)
 from nemo_reason.config.model import ModelConfig  # noqa: F401  (re-exported)
+from nemo_reason.config.steps import StepConfig  # noqa: F401  (re-exported)
 
 
 @dataclass
@@ -361,16 +362,6 @@ class LauncherConfig:
 
 
 @dataclass
-class StepConfig:
-    # Registered step type (see `nemo-reason list`).
-    type: str = "pretrain"
-    # Folder name under run.dir; defaults to the type (suffixed when a type repeats).
-    name: Optional[str] = None
-    # Dotted overrides applied to the run config for this step only, e.g. {"optim.lr": 1e-4}.
-    overrides: Dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
@@ -379,7 +370,8 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     run: RunSection = field(default_factory=RunSection)
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
-    pipeline: List[StepConfig] = field(default_factory=lambda: [StepConfig()])
+    # The steps, in order; each entry is its step type's config (config/steps.py), typed at composition.
+    pipeline: List[Any] = field(default_factory=lambda: [StepConfig()])
     # Free-form keys for experiments and plugins (`+extra.my_flag=1`); never read by the core.
     extra: Dict[str, Any] = field(default_factory=dict)
 

@@ -22,6 +22,7 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from nemo_reason.config.schema import ConfigError, RunConfig
+from nemo_reason.config.steps import type_step
 
 SCHEMA_NAME = "nemo_reason_base"
 _STORED = False
@@ -237,7 +238,13 @@ def to_run_config(cfg: DictConfig) -> RunConfig:
         raise _explain(exc, ()) from None
     if not isinstance(obj, RunConfig):  # pragma: no cover - the schema is the recipe's base
         raise ConfigError(f"recipe does not build on {SCHEMA_NAME}: add it to its defaults list")
-    return obj
+    return type_pipeline(obj)
+
+
+def type_pipeline(cfg: RunConfig) -> RunConfig:
+    """Each pipeline entry becomes its step type's config dataclass (config/steps.py)."""
+    cfg.pipeline = [type_step(entry, i) for i, entry in enumerate(cfg.pipeline)]
+    return cfg
 
 
 def compose(recipe: str, overrides: Sequence[str] = (), validate: bool = True) -> RunConfig:
@@ -278,7 +285,7 @@ def to_yaml(cfg: RunConfig) -> str:
 def load_yaml(path: str | os.PathLike) -> RunConfig:
     """Read a resolved config.yaml (as saved next to checkpoints) back into a RunConfig."""
     base = OmegaConf.structured(RunConfig)
-    return OmegaConf.to_object(OmegaConf.merge(base, OmegaConf.load(path)))
+    return type_pipeline(OmegaConf.to_object(OmegaConf.merge(base, OmegaConf.load(path))))
 
 
 def flatten(cfg: RunConfig) -> dict:

@@ -9,7 +9,9 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Type
+
+from nemo_reason.config.steps import STEP_CONFIGS, StepConfig
 
 from nemo_reason.registry import Registry
 
@@ -18,8 +20,18 @@ STEPS: Registry = Registry("pipeline step type")
 _BUILTIN = ("nemo_reason.stages.pretrain",)
 
 
-def register_step(name: str, doc: str = ""):
-    return STEPS.register(name, doc)
+def register_step(name: str, doc: str = "", config: Type[StepConfig] = StepConfig):
+    """Register ``run(cfg, ctx)`` as step type ``name``, with ``config`` (a :class:`StepConfig`
+    subclass) as the dataclass of its own fields (``ctx.step`` at run time)."""
+    if not (isinstance(config, type) and issubclass(config, StepConfig)):
+        raise TypeError(f"register_step({name!r}, config=...): {config!r} is not a StepConfig subclass")
+
+    def deco(fn):
+        STEPS.register(name, doc)(fn)
+        STEP_CONFIGS.register(name, doc)(config)
+        return fn
+
+    return deco
 
 
 def load_builtin_steps() -> Registry:
