@@ -4,7 +4,9 @@
     nemo-reason launch [RECIPE] launcher=local|slurm|docker [overrides...] [--dry-run]
                                                 render the job for a launcher and submit it
     nemo-reason show RECIPE [overrides...]      print the fully resolved config as YAML
-    nemo-reason list                            recipes and registered pipeline step types
+    nemo-reason list                            recipes, pipeline step types (with their fields), launchers
+    nemo-reason show-checkpoint PATH [--json]   architecture, step, tokens, parameters, tokenizer of a
+                                                checkpoint, with no recipe at hand (checkpoint/commands.py)
     nemo-reason plan RECIPE [overrides...] [--gpus N] [--json] [--step-time S]
                                                 check the parallel layout, size parameters, FLOPs,
                                                 per-GPU memory and MFU without running anything
@@ -20,11 +22,13 @@ Overrides use Hydra's grammar: ``trainer.max_steps=20``, ``parallel.tp=2``, ``+e
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
 from typing import List, Optional, Tuple
 
+from nemo_reason.backend import BackendError
 from nemo_reason.config.schema import ConfigError
 
 EXIT_CONFIG = 2
@@ -38,16 +42,9 @@ def _split_recipe(args: List[str], default: Optional[str]) -> Tuple[Optional[str
 
 def _compose(recipe: str, overrides: List[str]):
     from nemo_reason.config.store import compose
-    from nemo_reason.stages import STEPS, load_builtin_steps
 
-    cfg = compose(recipe, overrides)
-    load_builtin_steps()
-    for step in cfg.pipeline:
-        try:
-            STEPS.get(step.type)
-        except KeyError as exc:
-            raise ConfigError(exc.args[0]) from None
-    return cfg
+    # Every pipeline entry is typed by its step type's config (unknown types and fields exit 2).
+    return compose(recipe, overrides)
 
 
 def cmd_show(ns) -> int:
@@ -73,10 +70,18 @@ def cmd_list(ns) -> int:
                 first = line.lstrip("# ").strip()
                 break
         print(f"  {name:<20} {first}")
-    print("pipeline step types:")
+    print("pipeline step types (fields set on the step's pipeline entry; every step also has type, name, overrides):")
     steps = load_builtin_steps()
+    from nemo_reason.config.steps import STEP_CONFIGS, field_docs, step_fields
+
     for name in steps:
         print(f"  {name:<20} {steps.docs[name]}")
+        cls = STEP_CONFIGS.get(name)
+        docs = field_docs(cls)
+        for f in step_fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else (
+                f.default_factory() if f.default_factory is not dataclasses.MISSING else "?")
+            print(f"      {f.name} = {default!r:<14} {docs.get(f.name, '')}")
     from nemo_reason.launch import load_builtin_launchers
 
     print("launchers (nemo-reason launch RECIPE launcher=NAME):")
@@ -88,7 +93,9 @@ def cmd_list(ns) -> int:
 
 def cmd_run(ns) -> int:
     from nemo_reason.config.store import to_yaml
+    from nemo_reason.launch import resolve_launcher
     from nemo_reason.launch.local import launched_by_torchrun_or_srun, node_rendezvous, spawn
+    from nemo_reason.preflight import preflight
 
     if os.environ.get("NEMO_REASON_PREEMPT_SIGNAL"):  # set by the SLURM batch script
         from nemo_reason.training import preemption
@@ -96,10 +103,12 @@ def cmd_run(ns) -> int:
         preemption.install(os.environ["NEMO_REASON_PREEMPT_SIGNAL"])
     recipe, overrides = _split_recipe(ns.args, "tiny")
     cfg = _compose(recipe, overrides)
+    resolve_launcher(cfg)  # null launcher sizes: this machine's GPUs (validates again)
     if launched_by_torchrun_or_srun():
         from nemo_reason.worker import run_worker
 
-        return run_worker(cfg)
+        return run_worker(cfg)  # each rank runs the preflight
+    preflight(cfg)  # the ranks run here: check this machine before any work (exit 2)
     run_dir = Path(cfg.run.dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     print(f"[nemo-reason] recipe {recipe} -> {run_dir.resolve()}", flush=True)
@@ -212,6 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     from nemo_reason.data.commands import add_data_commands
 
     add_data_commands(sub)  # prepare-data, train-tokenizer
+    from nemo_reason.checkpoint.commands import add_checkpoint_commands
+
+    add_checkpoint_commands(sub)  # show-checkpoint
     return parser
 
 
@@ -225,7 +237,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.parse_args([ns.command, "--help"])
     try:
         return ns.fn(ns)
-    except ConfigError as exc:
+    except (ConfigError, BackendError) as exc:
         print(f"nemo-reason: error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except KeyboardInterrupt:

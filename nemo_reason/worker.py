@@ -14,6 +14,8 @@ import warnings
 
 from nemo_reason.config.schema import RunConfig
 
+EXIT_CONFIG = 2  # as the CLI's: a configuration (here: preflight) error
+
 
 def quiet_libraries() -> None:
     """Megatron logs its full config and many one-time warnings at INFO/WARNING per rank."""
@@ -27,11 +29,18 @@ def quiet_libraries() -> None:
 
 
 def run_worker(cfg: RunConfig) -> int:
-    """Run the pipeline as this rank; returns 0, or 75 when it stopped for the preemption signal
-    with a checkpoint (training/preemption.py)."""
+    """Run the pipeline as this rank; returns 0, 75 when it stopped for the preemption signal
+    with a checkpoint (training/preemption.py), or 2 when the preflight refuses this machine."""
     from nemo_reason.training import preemption
 
     preemption.install(cfg.launcher.preempt_signal)  # first: the signal's default action kills
+    from nemo_reason.config.errors import ConfigError
+    from nemo_reason.preflight import preflight
+
+    try:
+        preflight(cfg)  # this rank's machine, before any model or data is built
+    except ConfigError as err:
+        return _refuse(err)
     quiet_libraries()
     # Megatron is imported only now, after its import-time warnings are filtered.
     from nemo_reason.backend import dist as bdist
@@ -59,6 +68,20 @@ def run_worker(cfg: RunConfig) -> int:
     return preemption.exit_code()
 
 
+def _refuse(err) -> int:
+    """Exit code 2 for a preflight failure, with one message for the job: rank 0 prints it, the other
+    ranks (same config, same kind of machine) stay quiet and leave a moment later, so that the
+    launcher, which stops every rank once one exits, does not stop rank 0 before it has printed."""
+    import time
+
+    rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
+    if rank == 0:
+        print(f"nemo-reason: error: {err}", file=sys.stderr, flush=True)
+    else:
+        time.sleep(2.0)
+    return EXIT_CONFIG
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
@@ -68,7 +91,12 @@ def main(argv=None) -> int:
 
     cfg = load_yaml(argv[0])
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    return run_worker(cfg)
+    from nemo_reason.config.errors import ConfigError
+
+    try:
+        return run_worker(cfg)
+    except ConfigError as err:  # found while building (e.g. a data split too small): one message, exit 2
+        return _refuse(err)
 
 
 if __name__ == "__main__":

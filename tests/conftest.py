@@ -1,4 +1,7 @@
-"""Shared test setup: markers, an isolated data cache, and a helper that runs the CLI as a user would."""
+"""Shared test setup: markers, an isolated data cache, the helper that runs the CLI as a user would,
+and the baselines that several modules compare against, run once per session.
+
+Rank processes that are not a CLI run start through ``tests/spawn.py``."""
 
 from __future__ import annotations
 
@@ -37,15 +40,29 @@ def data_cache(tmp_path_factory):
     return path
 
 
-def run_cli(args, cwd, timeout=600, check=True, env=None):
-    """Run `nemo-reason ARGS` in a subprocess; returns CompletedProcess (stdout+stderr in .stdout)."""
+def _cli(args, env=None):
     full_env = dict(os.environ)
     full_env.update(env or {})
-    proc = subprocess.run([sys.executable, "-m", "nemo_reason.cli", *args], cwd=cwd, env=full_env,
+    return [sys.executable, "-m", "nemo_reason.cli", *args], full_env
+
+
+def run_cli(args, cwd, timeout=600, check=True, env=None):
+    """Run `nemo-reason ARGS` in a subprocess; returns CompletedProcess (stdout+stderr in .stdout)."""
+    cmd, full_env = _cli(args, env)
+    proc = subprocess.run(cmd, cwd=cwd, env=full_env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"nemo-reason {' '.join(args)} exited {proc.returncode}:\n{proc.stdout[-6000:]}")
     return proc
+
+
+def start_cli(args, cwd, env=None, output=True) -> subprocess.Popen:
+    """Start `nemo-reason ARGS` in the background, for a test that signals or kills it mid-run:
+    stdout+stderr readable (text) from the Popen when `output`, discarded otherwise."""
+    cmd, full_env = _cli(args, env)
+    out = subprocess.PIPE if output else subprocess.DEVNULL
+    return subprocess.Popen(cmd, cwd=cwd, env=full_env, stdout=out,
+                            stderr=subprocess.STDOUT if output else subprocess.DEVNULL, text=True)
 
 
 def read_metrics(step_dir: Path):
@@ -66,3 +83,13 @@ def assert_losses_close(got: dict, ref: dict, rel: float) -> None:
 # Small and fast: the tiny recipe, a few steps, a loss at every step, no eval.
 FAST = ["trainer.max_steps=6", "trainer.log_every=1", "trainer.eval_every=0", "trainer.save_every=0",
         "trainer.progress=false", "model.num_layers=2", "data.num_documents=600"]
+
+
+@pytest.fixture(scope="session")
+def tiny_fast_baseline(tmp_path_factory):
+    """Losses per step of ``nemo-reason run tiny *FAST`` in one process: the reference of the
+    torchrun/reshard parity (tests/distributed/test_parity.py) and of resume (tests/e2e/test_resume.py).
+    Run once per session, for whichever module asks first."""
+    cwd = tmp_path_factory.mktemp("tiny_fast_baseline")
+    run_cli(["run", "tiny", *FAST, "run.dir=base"], cwd=cwd)
+    return dict(losses(cwd / "base" / "pretrain"))

@@ -7,7 +7,8 @@ calls ``torch.cuda`` or names a process-group backend. Everything else asks it:
 - :mod:`.specs` builds Megatron layer specs for that choice (and, for hybrids, Megatron's
   ``MambaMixer`` where mamba-ssm/causal-conv1d import, else the portable mixer);
 - :mod:`.dist` picks the device and process-group backend (nccl on CUDA, gloo on CPU);
-- :mod:`.cpu_compat` redirects Megatron-Core's CUDA hard-codes when CUDA is absent.
+- :mod:`.cpu_compat` redirects Megatron-Core's CUDA hard-codes when CUDA is absent;
+- :func:`prepare` refuses a megatron-core outside the tested range, then installs those redirections.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ import importlib.util
 # torch is imported inside the functions that need it: config validation (and so `nemo-reason plan`,
 # `show`) reads BACKENDS without paying for torch's import.
 BACKENDS = ("auto", "te", "local")
+# The megatron-core versions the CPU redirections (cpu_compat, written against 0.16.1 file by file)
+# and the parity checks are tested with; setup.py pins the same range.
+MEGATRON_CORE_SUPPORTED = ">=0.16.1,<0.17"
 
 
 class BackendError(RuntimeError):
@@ -87,8 +91,49 @@ def select(requested: str) -> str:
     return "te" if te_importable() else "local"
 
 
+def check_megatron_core_version(version: str) -> None:
+    """Raise :class:`BackendError` unless ``version`` is in :data:`MEGATRON_CORE_SUPPORTED`.
+
+    Pip's rules apply: a pre-release of 0.17 is outside ``<0.17``, a local build tag
+    (``0.16.1+nv``) is ignored."""
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import InvalidVersion, Version
+
+    fix = f"pip install 'megatron-core{MEGATRON_CORE_SUPPORTED}'"
+    try:
+        ok = SpecifierSet(MEGATRON_CORE_SUPPORTED).contains(Version(version), prereleases=True)
+    except InvalidVersion:
+        ok = False
+    if not ok:
+        raise BackendError(
+            f"megatron-core {version} is installed, but nemo_reason is tested with megatron-core "
+            f"{MEGATRON_CORE_SUPPORTED} only (its CPU redirections and parity checks are written "
+            f"against 0.16.1). Fix: {fix}"
+        )
+
+
+def installed_megatron_core_version() -> str:
+    """The installed megatron-core version: the package metadata, else (a source checkout on
+    PYTHONPATH, as in some containers) ``megatron.core.package_info``."""
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("megatron-core")
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    try:
+        from megatron.core.package_info import __version__
+    except ImportError:
+        raise BackendError(
+            f"megatron-core is not installed. Fix: pip install 'megatron-core{MEGATRON_CORE_SUPPORTED}'"
+        ) from None
+    return __version__
+
+
 def prepare(resolved_backend: str) -> None:
-    """Get Megatron-Core ready for this process: on a CPU machine, install the redirections."""
+    """Get Megatron-Core ready for this process: refuse an untested megatron-core version, and on
+    a CPU machine install the redirections."""
+    check_megatron_core_version(installed_megatron_core_version())
     if not cuda_available():
         from nemo_reason.backend import cpu_compat
 

@@ -6,12 +6,20 @@ its model-parallel RNG in the CUDA generator, and compares tensor type strings a
 ``'torch.cuda.FloatTensor'``. :func:`install` redirects exactly those calls to the CPU, and only
 when CUDA is absent. It never touches an op that computes: losses on CPU are Megatron's own.
 
-How: every loaded ``megatron.core.*`` module that refers to ``torch`` gets a *view* of torch in
-which ``torch.cuda`` is :data:`CPU_CUDA` (a namespace answering with the CPU) and a handful of
-factory functions map ``device="cuda"`` to the CPU. The real ``torch`` module is untouched for
-everybody else. Three things cannot be reached through a module's globals and are patched on the
-torch classes, with calls that would raise without CUDA turned into CPU no-ops:
-``Tensor.cuda``/``Module.cuda`` and, for callers inside Megatron only, ``Tensor.type()``.
+How: every ``megatron.core.*`` and ``modelopt.torch.*`` module that refers to ``torch`` gets a
+*view* of torch in which ``torch.cuda`` is :data:`CPU_CUDA` (a namespace answering with the CPU)
+and a handful of factory functions map ``device="cuda"`` to the CPU. The real ``torch`` module is
+untouched for everybody else. The modules loaded when :func:`install` runs are redirected there;
+any loaded later (``megatron.core.inference.*`` for generation, modelopt's Megatron plugins for
+pruning and distillation) are redirected as they load, by an import hook (:class:`_RedirectingFinder`
+on ``sys.meta_path``) that gives each the view right after its code ran. Three things cannot be
+reached through a module's globals and are patched on the torch classes, for callers inside those
+packages only (anyone else still gets torch's own error without CUDA): ``Tensor.cuda`` and
+``Module.cuda`` become no-ops, and ``Tensor.type()`` (Megatron callers) names CUDA types.
+
+Leaves out: nothing here runs when CUDA is present (:func:`install` returns False), and no op that
+computes is replaced. The megatron-core version these redirections are written for is checked by
+``backend.prepare`` (``check_megatron_core_version``).
 
 Redirections, with the Megatron-Core 0.16.1 file they serve (see shared notes):
 - ``torch.cuda.current_device`` -> "cpu": utils.py:631 (global memory buffer),
@@ -20,6 +28,11 @@ Redirections, with the Megatron-Core 0.16.1 file they serve (see shared notes):
 - ``torch.cuda.synchronize/Stream/Event/stream/default_stream/current_stream`` -> no-ops:
   p2p_communication.py:242/398, filesystem_async.py:230, distributed_data_parallel.py:230,
   param_and_grad_buffer.py:417-529, moe/token_dispatcher.py:445/871-898.
+- Late imports, same view: inference/text_generation_controllers/text_generation_controller.py:75
+  (``torch.Generator(device=torch.cuda.current_device())``), :100/476/999/1056-1067,
+  inference/communication_utils.py:76/158/180, inference/model_inference_wrappers/
+  abstract_model_inference_wrapper.py:174-313, inference/utils.py:35; and nvidia-modelopt 0.43
+  ``prune/plugins/mcore_minitron.py:145-146`` (``Tensor.cuda`` before the depth-pruning gather).
 - ``torch.{zeros,empty,ones,full,tensor,arange}(device="cuda")`` -> CPU: schedules.py:596/983/2138,
   param_and_grad_buffer.py:768; ``pin_memory=True`` -> False (no pinned allocator without CUDA):
   rope_utils.py:62-64 (RoPE's context-parallel chunk index).
@@ -51,6 +64,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.abc
 import sys
 import types
 
@@ -58,6 +72,13 @@ import torch
 
 _INSTALLED = False
 _CPU = torch.device("cpu")
+# The packages whose modules see the CPU view of torch (and whose calls to .cuda() are no-ops).
+REDIRECTED_PACKAGES = ("megatron.core", "modelopt.torch")
+
+
+def is_redirected(module_name: str) -> bool:
+    """True for ``megatron.core``, ``modelopt.torch`` and their submodules."""
+    return any(module_name == p or module_name.startswith(p + ".") for p in REDIRECTED_PACKAGES)
 
 
 def _to_cpu_device(device):
@@ -155,8 +176,16 @@ def _device_redirecting(fn):
     return wrapper
 
 
+class _TorchView(types.ModuleType):
+    """torch as the redirected modules see it. Attributes torch gains after the view was built
+    (submodules imported later: ``torch.onnx``, ``torch._dynamo``, ...) are read from torch itself."""
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+
 def _build_torch_view() -> types.ModuleType:
-    view = types.ModuleType("torch")
+    view = _TorchView("torch")
     view.__dict__.update(torch.__dict__)
     view.cuda = CPU_CUDA
     for name in ("zeros", "empty", "ones", "full", "tensor", "arange", "randn", "rand",
@@ -168,12 +197,20 @@ def _build_torch_view() -> types.ModuleType:
 TORCH_VIEW = _build_torch_view()
 
 
-def _megatron_caller(depth: int = 2) -> bool:
+def _caller_name(depth: int) -> str:
     try:
-        frame = sys._getframe(depth)
+        frame = sys._getframe(depth + 1)
     except ValueError:  # pragma: no cover
-        return False
-    return frame.f_globals.get("__name__", "").startswith("megatron.")
+        return ""
+    return frame.f_globals.get("__name__", "")
+
+
+def _megatron_caller(depth: int = 2) -> bool:
+    return _caller_name(depth).startswith("megatron.")
+
+
+def _redirected_caller(depth: int = 2) -> bool:
+    return is_redirected(_caller_name(depth))
 
 
 _CUDA_TYPE_NAMES = {
@@ -193,9 +230,25 @@ def _patch_torch_classes() -> None:
         return orig_type(self, dtype, non_blocking, **kwargs)
 
     torch.Tensor.type = type_
-    # Without CUDA these raise; Megatron calls them to place buffers "on the GPU".
-    torch.Tensor.cuda = lambda self, *a, **k: self
-    torch.nn.Module.cuda = lambda self, *a, **k: self
+    # Without CUDA these raise; Megatron (about 60 files) and modelopt (mcore_minitron.py:145-146)
+    # call them to place buffers "on the GPU". Anyone else keeps torch's own behaviour.
+    orig_tensor_cuda = torch.Tensor.cuda
+    orig_module_cuda = torch.nn.Module.cuda
+
+    @functools.wraps(orig_tensor_cuda)
+    def tensor_cuda(self, *args, **kwargs):
+        if _redirected_caller():
+            return self
+        return orig_tensor_cuda(self, *args, **kwargs)
+
+    @functools.wraps(orig_module_cuda)
+    def module_cuda(self, *args, **kwargs):
+        if _redirected_caller():
+            return self
+        return orig_module_cuda(self, *args, **kwargs)
+
+    torch.Tensor.cuda = tensor_cuda
+    torch.nn.Module.cuda = module_cuda
 
     orig_all_gather_into_tensor = torch.distributed.all_gather_into_tensor
 
@@ -231,26 +284,50 @@ def _stub_triton_tensor_ops() -> None:
     sys.modules[_TRITON_TENSOR_OPS] = stub
 
 
-def _import_megatron_modules() -> None:
-    # Load what a training step touches so that its modules see the CPU view below.
-    import megatron.core.dist_checkpointing  # noqa: F401
-    import megatron.core.dist_checkpointing.strategies.filesystem_async  # noqa: F401
-    import megatron.core.dist_checkpointing.strategies.torch  # noqa: F401
-    import megatron.core.distributed  # noqa: F401
-    import megatron.core.models.gpt  # noqa: F401
-    import megatron.core.models.mamba  # noqa: F401
-    import megatron.core.transformer.attention  # noqa: F401  (attention.py:430 KV-cache allocation)
-    import megatron.core.ssm.mamba_block  # noqa: F401
-    import megatron.core.ssm.mamba_layer  # noqa: F401
-    import megatron.core.ssm.mamba_mixer  # noqa: F401  (after _stub_triton_tensor_ops)
-    import megatron.core.ssm.mlp_layer  # noqa: F401
-    import megatron.core.optimizer  # noqa: F401
-    import megatron.core.optimizer_param_scheduler  # noqa: F401
-    import megatron.core.pipeline_parallel  # noqa: F401
-    import megatron.core.pipeline_parallel.p2p_communication  # noqa: F401
-    import megatron.core.pipeline_parallel.schedules  # noqa: F401
-    import megatron.core.tensor_parallel  # noqa: F401
-    import megatron.core.transformer.moe.moe_layer  # noqa: F401
+class _RedirectingLoader(importlib.abc.Loader):
+    """Runs a module with its own loader, then gives it the CPU view of torch; everything else
+    (``get_source``, resource readers, ``is_package``, ...) is the wrapped loader's."""
+
+    def __init__(self, loader):
+        self._loader = loader
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module):
+        self._loader.exec_module(module)
+        redirect_module(module)
+
+    def __getattr__(self, name):
+        return getattr(self._loader, name)
+
+
+class _RedirectingFinder(importlib.abc.MetaPathFinder):
+    """First on ``sys.meta_path``: finds ``megatron.core.*``/``modelopt.torch.*`` modules with the
+    finders after it and wraps their loader in :class:`_RedirectingLoader`; passes on the rest."""
+
+    nemo_reason_cpu_redirect = True  # marks it also across a reload of this module (no recursion)
+
+    def find_spec(self, fullname, path, target=None):
+        if not is_redirected(fullname):
+            return None
+        for finder in sys.meta_path:
+            if getattr(finder, "nemo_reason_cpu_redirect", False) or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                break
+        else:
+            return None
+        if spec.loader is not None and hasattr(spec.loader, "exec_module") \
+                and not isinstance(spec.loader, _RedirectingLoader):
+            spec.loader = _RedirectingLoader(spec.loader)
+        return spec
+
+
+def _install_import_hook() -> None:
+    if not any(getattr(f, "nemo_reason_cpu_redirect", False) for f in sys.meta_path):
+        sys.meta_path.insert(0, _RedirectingFinder())
 
 
 def _fix_distopt_step_reload() -> None:
@@ -313,7 +390,8 @@ def _split_sizes_as_numpy_on_cpu() -> None:
 
 
 def redirect_module(module: types.ModuleType) -> None:
-    """Give one Megatron module the CPU view of torch (idempotent)."""
+    """Give one Megatron/modelopt module the CPU view of torch (idempotent). Its functions read
+    ``torch`` from the module's globals when they run, so this also serves code defined before."""
     g = module.__dict__
     if g.get("torch") is torch:
         g["torch"] = TORCH_VIEW
@@ -327,9 +405,10 @@ def install() -> bool:
     if torch.cuda.is_available():
         return False
     _stub_triton_tensor_ops()
-    _import_megatron_modules()
+    # Modules loaded from now on are redirected as they load; those loaded already, here.
+    _install_import_hook()
     for name, module in list(sys.modules.items()):
-        if name.startswith("megatron.core") and module is not None:
+        if module is not None and is_redirected(name):
             redirect_module(module)
     import megatron.core.tensor_parallel.random as mrandom
 

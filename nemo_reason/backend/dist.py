@@ -53,7 +53,7 @@ def init_process_group(timeout_minutes: int = 30) -> DistEnv:
     if "MASTER_PORT" not in os.environ:
         if denv.world_size > 1:
             raise RuntimeError("MASTER_PORT is not set for a multi-process run")
-        from nemo_reason.launch.ports import free_port
+        from nemo_reason.ports import free_port
 
         os.environ["MASTER_PORT"] = str(free_port())
     if torch.cuda.is_available():

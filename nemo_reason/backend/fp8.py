@@ -10,9 +10,10 @@ distributed optimizer all-gathers them in fp8 (Megatron-LM ``--fp8-param-gather`
 
 This module only
 
-- checks a config before any work (:func:`check_fp8`): the rules that are pure configuration
-  first, so they are testable anywhere, then the hardware: CUDA, Transformer Engine, the TE
-  version and the GPU generation each recipe needs;
+- checks that this machine can train in fp8 (:func:`check_fp8_hardware`, called by the preflight,
+  :mod:`nemo_reason.preflight`, where the job runs): CUDA, Transformer Engine, the TE version and
+  the GPU generation each recipe needs. The shape rules (dimensions per TP rank multiple of 16,
+  bf16 layers per stage) are configuration: rule ``fp8`` of :mod:`nemo_reason.config.layout`;
 - maps ``trainer.fp8_*`` onto Megatron's field names (:func:`fp8_transformer_kwargs`).
 
 Left out: fp4, custom quantizer factories, fp8 attention (``fp8_dot_product_attention``).
@@ -20,7 +21,9 @@ Left out: fp4, custom quantizer factories, fp8 attention (``fp8_dot_product_atte
 
 from __future__ import annotations
 
-from nemo_reason.config.schema import ConfigError
+from types import SimpleNamespace
+
+from nemo_reason.config.errors import ConfigError
 
 # Recipe -> (minimum TE version, minimum compute capability, what it is)
 _RECIPES = {
@@ -30,36 +33,30 @@ _RECIPES = {
     "mxfp8": ("2.1.0", (10, 0), "MXFP8 block scaling"),
 }
 
-# fp8 GEMMs in TE need both matrix dimensions to be multiples of 16.
-_FP8_ALIGN = 16
-
 
 def check_fp8(cfg) -> None:
-    """Raise :class:`ConfigError` naming the problem and the fix when ``cfg`` cannot train in fp8 here."""
-    t, m, p = cfg.trainer, cfg.model, cfg.parallel
-    _check_config_rules(t, m, p)
-    _check_hardware(t.fp8_recipe)
+    """Raise :class:`ConfigError` naming the problem and the fix when ``cfg`` cannot train in fp8 here
+    (its fp8 shape rules, then this machine)."""
+    _check_config_rules(cfg.trainer, cfg.model, cfg.parallel)
+    check_fp8_hardware(cfg.trainer.fp8_recipe)
 
 
 def _check_config_rules(t, m, p) -> None:
-    if t.fp8_first_last_layers_bf16:
-        if t.fp8_recipe == "delayed":
-            raise ConfigError(
-                "trainer.fp8_first_last_layers_bf16=true does not work with trainer.fp8_recipe=delayed "
-                "(Transformer Engine's delayed scaling keeps one amax history for all layers); use "
-                "trainer.fp8_recipe=tensorwise or blockwise"
-            )
-        per_stage = m.num_layers // p.pp
-        for name in ("fp8_num_layers_at_start_in_bf16", "fp8_num_layers_at_end_in_bf16"):
-            n = getattr(t, name)
-            if n > per_stage:
-                raise ConfigError(f"trainer.{name}={n} exceeds the layers per pipeline stage ({per_stage})")
-    for name, size in (("model.hidden_size", m.hidden_size), ("model.ffn_hidden_size", m.ffn_hidden_size)):
-        if (size // p.tp) % _FP8_ALIGN:
-            raise ConfigError(
-                f"{name}={size} / parallel.tp={p.tp} is not a multiple of {_FP8_ALIGN}: fp8 GEMMs need "
-                "both matrix dimensions divisible by 16; use trainer.precision=bf16 for this model"
-            )
+    """The first broken ``fp8`` rule of the layout table (kept for callers of the former check)."""
+    from nemo_reason.config.layout import RULES, layout_of
+
+    cfg = SimpleNamespace(trainer=t, model=m, parallel=p, launcher=SimpleNamespace(world_size=1))
+    lay = layout_of(cfg, 1)
+    for rule in RULES:
+        msg = rule.check(cfg, lay) if rule.name == "fp8" else None
+        if msg:
+            raise ConfigError(msg)
+
+
+def check_fp8_hardware(recipe: str) -> None:
+    """ConfigError unless this machine has CUDA, Transformer Engine (at the recipe's version) and a
+    GPU generation the fp8 recipe runs on."""
+    _check_hardware(recipe)
 
 
 def _check_hardware(recipe: str) -> None:

@@ -1,1 +1,2 @@
-"""Checkpoints: Megatron dist_checkpointing with atomic publish and resume discovery."""
+"""Checkpoints: Megatron dist_checkpointing with atomic publish, verification and resume discovery
+(io.py, marker.py), what each checkpoint holds (meta.py), and ``nemo-reason show-checkpoint`` (commands.py)."""

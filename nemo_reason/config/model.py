@@ -10,6 +10,10 @@ from dataclasses import dataclass
 from typing import Optional
 
 from nemo_reason.config.errors import _check, ConfigError
+from nemo_reason.config.layers import MOE, PatternError, model_layers
+
+# The names nemo_reason.backend.select accepts (a test keeps the two equal; config imports no backend).
+BACKENDS = ("auto", "te", "local")
 
 
 @dataclass
@@ -105,8 +109,6 @@ class ModelConfig:
         return self.mamba_num_heads or 2 * self.hidden_size // self.mamba_head_dim
 
     def validate(self) -> None:
-        from nemo_reason.backend import BACKENDS
-
         _check(self.type in ("gpt", "moe", "hybrid"), f"model.type={self.type!r} is not one of: gpt, moe, hybrid")
         if self.type == "hybrid":
             self._validate_hybrid()
@@ -115,6 +117,7 @@ class ModelConfig:
                f"model.num_moe_experts={self.num_moe_experts} with model.type=gpt: use model.type=moe")
         if self.is_moe:
             self._validate_moe()
+        # Whether it can run on this machine (te needs CUDA) is the preflight's question.
         _check(self.backend in BACKENDS, f"model.backend={self.backend!r} is not one of {BACKENDS}")
         _check(self.activation in ("squared_relu", "gelu", "swiglu", "relu"),
                f"model.activation={self.activation!r}: use squared_relu, gelu, swiglu or relu")
@@ -162,11 +165,8 @@ class ModelConfig:
                "model.moe_router_score_function=sigmoid, as in DeepSeek-V3 and Megatron")
 
     def _validate_hybrid(self) -> None:
-        from nemo_reason.models.pattern import MOE, PatternError, allocate
-
         try:
-            layers = allocate(self.num_layers, self.hybrid_attention_ratio, self.hybrid_mlp_ratio,
-                              self.hybrid_pattern)
+            layers = model_layers(self)
         except PatternError as err:
             raise ConfigError(str(err)) from None
         _check(MOE not in layers or self.is_moe,

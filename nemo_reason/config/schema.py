@@ -3,7 +3,14 @@
 Hydra composes a recipe (``recipes/<name>.yaml``) onto :class:`RunConfig`, so every field has
 a type, a default and a docstring-like comment here, and a misspelled key or a wrong type fails
 at composition time. Each group checks itself in ``validate()``; :meth:`RunConfig.validate`
-checks the rules that cross groups (world size, batch sizes, ...).
+checks the rules that cross groups: the parallel layout from the one rule table that ``plan``
+shares (:mod:`.layout`), all broken rules in one error, then the pipeline's.
+
+Validation is pure: it reads no file, probes no GPU and imports no launcher, so a CPU login node
+can compose and submit a GPU job. What depends on the machine (CUDA for fp8/fp16, data and
+tokenizer files, init checkpoints) is the preflight's (:mod:`nemo_reason.preflight`), where the
+job runs; the launcher's own rules and its GPU detection are the launch layer's
+(:func:`nemo_reason.launch.resolve_launcher`, :func:`nemo_reason.launch.validate_launcher`).
 
 ``parallel`` holds model-parallel sizes only; the data-parallel size is derived from the world
 size (``launcher.nodes * launcher.nproc_per_node``), as in Megatron-LM. ``ModelConfig`` lives in
@@ -12,12 +19,13 @@ size (``launcher.nodes * launcher.nproc_per_node``), as in Megatron-LM. ``ModelC
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
+from nemo_reason.config.blends import check_data_blends, check_phase_steps
 from nemo_reason.config.errors import ConfigError, _check  # noqa: F401  (re-exported)
+from nemo_reason.config.layout import broken_rules, layout_error
 from nemo_reason.config.model import ModelConfig  # noqa: F401  (re-exported)
 from nemo_reason.config.steps import StepConfig  # noqa: F401  (re-exported)
 
@@ -196,8 +204,8 @@ class DataConfig:
     tokenizer: str = "byte"
     # For hf: a tokenizer.json or a folder holding one; for sentencepiece: the .model file.
     tokenizer_path: Optional[str] = None
-    # Train/valid/test split weights, Megatron style.
-    split: str = "98,1,1"
+    # Train/valid/test split weights, Megatron style: "98,1,1" or a list, data.split=[98,1,1].
+    split: Any = "98,1,1"
     # Where generated corpora and dataset index caches go; "" means ~/.cache/nemo_reason.
     cache_dir: str = ""
     # Training blend, e.g. [{weight: 0.7, path: /data/web_text_document}, {weight: 0.3, path: bundled:math}]
@@ -217,18 +225,30 @@ class DataConfig:
         blend = self.blend or [BlendEntry(1.0, "synthetic" if self.source == "synthetic" else str(self.path_prefix))]
         return [PhaseConfig("main", 1.0, list(blend))]
 
-    def validate(self) -> None:
-        from nemo_reason.data.blend import check_data_blends
+    def split_weights(self) -> List[float]:
+        """``split`` as three weights (the string "98,1,1" or a list [98, 1, 1]); ConfigError otherwise."""
+        parts = list(self.split) if isinstance(self.split, (list, tuple)) else str(self.split).split(",")
+        try:
+            weights = [float(p) for p in parts]
+        except (TypeError, ValueError):
+            weights = []
+        _check(len(weights) == 3 and all(w >= 0 for w in weights) and sum(weights) > 0,
+               f"data.split={self.split!r}: use three non-negative weights (train, valid, test), e.g. "
+               "data.split=[98,1,1] or data.split='98,1,1'")
+        return weights
 
+    def split_string(self) -> str:
+        """``split`` in Megatron's string form ("98,1,1"), whatever form it was given in."""
+        return ",".join(f"{w:g}" for w in self.split_weights())
+
+    def validate(self) -> None:
         check_data_blends(self)
         _check(self.source in ("synthetic", "indexed"),
                f"data.source={self.source!r}: use synthetic or indexed")
         _check(self.source != "indexed" or bool(self.path_prefix),
                "data.source=indexed needs data.path_prefix=/path/to/prefix (without .bin/.idx)")
         self._validate_tokenizer()
-        parts = self.split.split(",")
-        _check(len(parts) == 3 and all(p.strip().replace(".", "", 1).isdigit() for p in parts),
-               f"data.split={self.split!r}: use three comma-separated weights, e.g. 98,1,1")
+        self.split_weights()
         _check(self.num_documents >= 10, "data.num_documents must be >= 10")
 
     def _validate_tokenizer(self) -> None:
@@ -240,12 +260,12 @@ class DataConfig:
             _check(not self.tokenizer_path, f"data.tokenizer_path is set but data.tokenizer={self.tokenizer} "
                                             "reads no file: use data.tokenizer=hf or sentencepiece")
             return
-        what = "a tokenizer.json or a folder holding one" if self.tokenizer == "hf" else "a SentencePiece .model file"
-        _check(bool(self.tokenizer_path), f"data.tokenizer={self.tokenizer} needs data.tokenizer_path={what}")
-        p = os.path.expanduser(str(self.tokenizer_path))
-        found = os.path.isfile(p) or (self.tokenizer == "hf" and os.path.isfile(os.path.join(p, "tokenizer.json")))
-        _check(found, f"data.tokenizer_path={self.tokenizer_path}: not found; give {what} "
-                      "(train a BPE with `nemo-reason train-tokenizer --input FILE --output DIR`)")
+        _check(bool(self.tokenizer_path), f"data.tokenizer={self.tokenizer} needs data.tokenizer_path="
+                                          f"{self.tokenizer_file_hint}")  # whether it exists: the preflight's
+
+    @property
+    def tokenizer_file_hint(self) -> str:
+        return "a tokenizer.json or a folder holding one" if self.tokenizer == "hf" else "a SentencePiece .model file"
 
 
 @dataclass
@@ -318,14 +338,11 @@ class LauncherConfig:
     max_requeues: int = 20
 
     def validate(self) -> None:
+        """The fields' own rules. The launcher type and its rules (``launcher=slurm`` needs
+        ``gpus_per_node``, ...) are checked by the launch layer: config imports no launcher."""
         import signal
 
-        from nemo_reason.launch import load_builtin_launchers
-
-        try:
-            launcher = load_builtin_launchers().get(self.type)
-        except KeyError as err:
-            raise ConfigError(f"launcher.type: {err.args[0]}; select one with launcher=NAME") from None
+        _check(bool(self.type), "launcher.type is empty: select one with launcher=local|slurm|docker")
         _check(self.nproc_per_node is None or self.nproc_per_node >= 1,
                "launcher.nproc_per_node must be >= 1 (or null: one rank per GPU)")
         _check(self.nodes >= 1, "launcher.nodes must be >= 1")
@@ -343,18 +360,18 @@ class LauncherConfig:
         for k in self.env:
             _check(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(k)) is not None,
                    f"launcher.env key {k!r} is not an environment variable name")
-        launcher.validate(self)
 
     def resolve(self) -> None:
-        """Fill the per-node defaults once, at composition: ``gpus_per_node`` from this machine
-        when the launcher's ranks run here, then ``nproc_per_node`` = one rank per GPU (or 1)."""
-        from nemo_reason.launch import LAUNCHERS, load_builtin_launchers
-
-        load_builtin_launchers()
-        if self.gpus_per_node is None and self.type in LAUNCHERS:
-            self.gpus_per_node = LAUNCHERS[self.type].detect_gpus()
-        if self.nproc_per_node is None:
+        """Fill ``nproc_per_node`` = one rank per GPU (or 1 on CPU nodes) where ``gpus_per_node`` is
+        known. Pure: a null ``gpus_per_node`` (this machine's GPUs, for local and docker) is filled by
+        the launch layer (:func:`nemo_reason.launch.resolve_launcher`), which then calls this."""
+        if self.nproc_per_node is None and self.gpus_per_node is not None:
             self.nproc_per_node = self.gpus_per_node or 1
+
+    @property
+    def world_known(self) -> bool:
+        """False while the ranks per node wait for the GPUs of the machine they will run on."""
+        return self.nproc_per_node is not None or self.gpus_per_node is not None
 
     @property
     def world_size(self) -> int:
@@ -380,115 +397,17 @@ class RunConfig:
         for group in (self.model, self.parallel, self.trainer, self.optim, self.data, self.launcher):
             group.validate()
         _check(len(self.pipeline) >= 1, "pipeline is empty: list at least one step, e.g. [{type: pretrain}]")
-        p, m, t = self.parallel, self.model, self.trainer
-        world = self.launcher.world_size
-        mp = p.model_parallel_size
-        _check(world % mp == 0,
-               f"world size {world} (launcher.nodes x launcher.nproc_per_node) is not divisible by "
-               f"tp x pp x cp = {p.tp} x {p.pp} x {p.cp} = {mp}; set launcher.nproc_per_node to a "
-               "multiple of it")
-        dp = world // mp
-        groups = m.num_query_groups or m.num_attention_heads
-        _check(m.num_attention_heads % p.tp == 0,
-               f"model.num_attention_heads={m.num_attention_heads} is not divisible by parallel.tp={p.tp}")
-        _check(groups % p.tp == 0,
-               f"model.num_query_groups={groups} is not divisible by parallel.tp={p.tp}")
-        _check(m.ffn_hidden_size % p.tp == 0,
-               f"model.ffn_hidden_size={m.ffn_hidden_size} is not divisible by parallel.tp={p.tp}")
-        if m.type == "hybrid":
-            # Megatron's MambaMixer splits Mamba heads and B/C groups across TP ranks (mamba_mixer.py
-            # asserts both); a group never straddles two ranks.
-            _check(m.mamba_num_groups % p.tp == 0,
-                   f"model.mamba_num_groups={m.mamba_num_groups} is not divisible by parallel.tp={p.tp}: "
-                   "each tensor-parallel rank holds whole Mamba groups; use a tp that divides it")
-            _check(m.mamba_heads % p.tp == 0,
-                   f"Mamba heads ({m.mamba_heads}) are not divisible by parallel.tp={p.tp}")
-            if p.cp > 1 and m.mamba_heads % p.tp == 0 and m.mamba_num_groups % p.tp == 0:
-                # Megatron's MambaContextParallel: each CP rank scans whole sequences for 1/cp of its
-                # TP rank's heads, whose B/C groups it holds whole or shares (a group replicated).
-                heads, groups = m.mamba_heads // p.tp, m.mamba_num_groups // p.tp
-                _check(heads % p.cp == 0,
-                       f"Mamba heads per tensor-parallel rank ({heads}) are not divisible by parallel.cp={p.cp}: "
-                       "context parallelism gives each CP rank 1/cp of them")
-                _check(groups % p.cp == 0 if groups >= p.cp else p.cp % groups == 0,
-                       f"Mamba groups per tensor-parallel rank ({groups}) and parallel.cp={p.cp}: one must "
-                       "divide the other (Megatron's MambaContextParallel)")
-            _check(p.vpp is None, "parallel.vpp: Megatron's MambaStack has no interleaved pipeline; "
-                   "use parallel.vpp=null for model.type=hybrid")
-        stages = p.pp * (p.vpp or 1)
-        _check(m.num_layers % stages == 0,
-               f"model.num_layers={m.num_layers} is not divisible by pp x vpp = {stages}")
-        _check(t.seq_length % (2 * p.cp) == 0 or p.cp == 1,
-               f"trainer.seq_length={t.seq_length} is not divisible by 2 x cp = {2 * p.cp}: context "
-               "parallelism gives each CP rank two of 2 x cp equal sequence chunks")
-        _check(not p.sequence_parallel or (t.seq_length // p.cp) % p.tp == 0,
-               f"trainer.seq_length / cp = {t.seq_length // p.cp} is not divisible by parallel.tp={p.tp} "
-               "(sequence parallelism splits each CP rank's sequence over the TP ranks)")
-        _check(t.global_batch_size % (t.micro_batch_size * dp) == 0,
-               f"trainer.global_batch_size={t.global_batch_size} is not divisible by "
-               f"micro_batch_size x data-parallel size = {t.micro_batch_size} x {dp}; "
-               f"use a multiple of {t.micro_batch_size * dp}")
-        _check(t.seq_length <= m.max_position_embeddings,
-               f"trainer.seq_length={t.seq_length} exceeds model.max_position_embeddings="
-               f"{m.max_position_embeddings}")
-        if p.vpp:
-            micro = t.global_batch_size // (t.micro_batch_size * dp)
-            _check(micro % p.pp == 0,
-                   f"interleaved pipeline needs the number of micro-batches ({micro}) to be a "
-                   f"multiple of parallel.pp={p.pp}")
-        self._validate_experts(world)
-        if t.precision == "fp8":
-            from nemo_reason.backend.fp8 import check_fp8
-
-            check_fp8(self)
-        _check(t.precision in ("fp32", "bf16") or _cuda(),
-               f"trainer.precision={t.precision} needs CUDA; on CPU use fp32 or bf16")
-        from nemo_reason.data.blend import check_phase_steps
-
-        check_phase_steps(self.data, t.max_steps)  # every data phase gets at least one step
-        if self.run.init_checkpoint:
-            import os
-
-            _check(os.path.isfile(os.path.join(self.run.init_checkpoint, "complete.json")),
-                   f"run.init_checkpoint={self.run.init_checkpoint}: not a complete checkpoint folder (no "
-                   "complete.json); point it at an iter_* folder under <run.dir>/<step>/checkpoints")
+        # The parallel layout: every broken rule of the table `plan` shares, in one error.
+        broken = broken_rules(self)
+        _check(not broken, layout_error(broken) or "")
+        check_phase_steps(self.data, self.trainer.max_steps)  # every data phase gets at least one step
         names = [s.name or s.type for s in self.pipeline]
         _check(len(set(names)) == len(names),
                f"pipeline step names repeat ({names}): give repeated types distinct `name`s")
         _check(not self.run.stop_after or self.run.stop_after in names,
                f"run.stop_after={self.run.stop_after!r} is not a pipeline step; steps: {', '.join(names)}")
 
-    def _validate_experts(self, world: int) -> None:
-        """MoE Parallel Folding: expert layers use their own layout, ETP x EP x EDP x PP = world,
-        independent of the attention layout TP x CP x DP x PP (Megatron's expert groups)."""
-        p, m = self.parallel, self.model
-        if not m.is_moe:
-            _check(p.ep == 1, f"parallel.ep={p.ep} needs MoE layers: set model.num_moe_experts (model.type=moe) "
-                   "or parallel.ep=1")
-            return
-        etp = p.etp or p.tp
-        _check(m.num_moe_experts % p.ep == 0,
-               f"model.num_moe_experts={m.num_moe_experts} is not divisible by parallel.ep={p.ep}: "
-               "each expert-parallel rank holds the same number of whole experts")
-        expert_mp = etp * p.ep * p.pp
-        _check(world % expert_mp == 0,
-               f"world size {world} is not divisible by etp x ep x pp = {etp} x {p.ep} x {p.pp} = {expert_mp} "
-               "(the expert layers' layout, MoE Parallel Folding); change parallel.ep or parallel.etp")
-        ffn = m.moe_ffn_hidden_size or m.ffn_hidden_size
-        _check(ffn % etp == 0, f"expert inner size {ffn} (model.moe_ffn_hidden_size) is not divisible by "
-               f"expert tensor parallel size {etp} (parallel.etp, null = parallel.tp)")
-        _check(p.tp == 1 or p.sequence_parallel,
-               f"MoE layers with parallel.tp={p.tp} need parallel.sequence_parallel=true (Megatron's MoELayer "
-               "refuses to train tensor-parallel without it)")
-        _check(not (m.add_bias_linear and etp > 1), "model.add_bias_linear=true with MoE needs expert tensor "
-               "parallel size 1 (parallel.etp=1), as Megatron requires")
-
     @property
     def data_parallel_size(self) -> int:
         return self.launcher.world_size // self.parallel.model_parallel_size
 
-
-def _cuda() -> bool:
-    from nemo_reason.backend import cuda_available
-
-    return cuda_available()

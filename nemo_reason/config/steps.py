@@ -53,6 +53,32 @@ def step_fields(cls: Type[StepConfig]) -> List[dataclasses.Field]:
     return [f for f in dataclasses.fields(cls) if f.name not in COMMON_FIELDS]
 
 
+def field_docs(cls: type) -> Dict[str, str]:
+    """The comment lines just above each field of a dataclass (the schema's documentation style),
+    joined into one line per field; a field without a comment gets ""."""
+    import inspect
+
+    docs: Dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            lines = inspect.getsource(klass).splitlines()
+        except (OSError, TypeError):
+            continue
+        pending: List[str] = []
+        for line in lines[1:]:
+            text = line.strip()
+            if text.startswith("#"):
+                pending.append(text.lstrip("# ").strip())
+            elif ":" in text and not text.startswith(("def ", "@", '"', "'")) and text.split(":")[0].isidentifier():
+                docs[text.split(":")[0]] = " ".join(pending)
+                pending = []
+            else:
+                pending = []
+    return docs
+
+
 def type_step(entry: Any, index: int) -> StepConfig:
     """The typed config of pipeline entry ``index`` (a mapping, or already a StepConfig)."""
     if isinstance(entry, StepConfig) and type(entry) is not StepConfig:
@@ -84,6 +110,7 @@ def type_step(entry: Any, index: int) -> StepConfig:
         step = OmegaConf.to_object(node)
     except Exception as exc:  # noqa: BLE001 - OmegaConf's validation errors become one message
         first = str(exc).strip().splitlines()[0]
-        raise ConfigError(f"{where}: {first}") from None
+        key = getattr(exc, "full_key", None)
+        raise ConfigError(f"{where}" + (f".{key}" if key else "") + f": {first}") from None
     step.validate()
     return step

@@ -141,6 +141,12 @@ def _explain(exc: BaseException, overrides: Sequence[str]) -> ConfigError:
         r"Cannot find primary config '([^']+)'", text)
     if missing:
         return ConfigError(f"{missing.group(0)}: recipes are {', '.join(list_recipes())}")
+    # `key=a,b,c` is Hydra's sweep syntax, which compose refuses: a list value needs brackets.
+    ambiguous = re.search(r"Ambiguous value for argument '([^'=]+)=([^']*)'", text)
+    if ambiguous:
+        key, value = ambiguous.groups()
+        return ConfigError(f"{key}={value}: a comma-separated value is Hydra's sweep syntax; write a list as "
+                           f"{key}=[{value}] (or quote it: {key}='{value}')")
     first = str(chain[0]).strip().splitlines()[0] if str(chain[0]).strip() else type(chain[0]).__name__
     return ConfigError(f"invalid configuration: {first}")
 

@@ -1,4 +1,4 @@
-"""Blends: check a configured blend (before any work) and resolve its sources to Megatron path prefixes.
+"""Blends: check a configured blend's files where the job runs, and resolve its sources to Megatron path prefixes.
 
 A blend is a list of ``(weight, path)`` entries (:class:`~nemo_reason.config.schema.BlendEntry`),
 Megatron-LM's ``--data-path "w1 p1 w2 p2"`` as data. ``path`` is a Megatron indexed dataset prefix
@@ -10,34 +10,26 @@ Megatron-LM's ``--data-path "w1 p1 w2 p2"`` as data. ``path`` is a Megatron inde
   filtered (grammar in :mod:`nemo_reason.data.sources`).
 
 Named sources are built once into the cache (rank 0, the other ranks wait) and are then ordinary
-prefixes. :func:`check_data_blends` runs in ``DataConfig.validate()`` so a missing file or a typo
-fails before any work starts. This module imports no Megatron code (``nemo-reason show`` stays
-light); :mod:`nemo_reason.data.loader` builds the datasets.
+prefixes. The pure rules (weights, duplicates, phase shares) are configuration and live in
+:mod:`nemo_reason.config.blends` (re-exported here); :func:`check_sources` is the preflight's part:
+the prefixes exist and the named sources are valid, before any work starts. This module imports
+no Megatron code (``nemo-reason show`` stays light); :mod:`nemo_reason.data.loader` builds the datasets.
 """
 
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import List, Sequence, Tuple
 
-from nemo_reason.config.schema import ConfigError
-from nemo_reason.data.phases import PhaseError, phase_boundaries
-
-_SYNTHETIC = re.compile(r"^synthetic(?::(\d+))?$")
-NAMED_HINT = "a named source (synthetic, synthetic:SEED, bundled:NAME)"
-
-
-def is_named(path: str) -> bool:
-    return bool(_SYNTHETIC.match(path)) or path.startswith("bundled:")
+from nemo_reason.config.blends import (  # noqa: F401  (re-exported)
+    _SYNTHETIC, NAMED_HINT, check_blend, check_data_blends, check_phase_steps, is_named,
+)
+from nemo_reason.config.errors import ConfigError
 
 
-def _check_path(path: str, where: str) -> None:
-    if not path:
-        raise ConfigError(f"{where}.path is empty: give a dataset prefix (without .bin/.idx) or {NAMED_HINT}")
-    m = _SYNTHETIC.match(path)
-    if m:
+def _check_path(path: str, field: str) -> None:
+    if _SYNTHETIC.match(path):
         return
     if path.startswith("bundled:"):
         from nemo_reason.data.sources import SourceError, check_source
@@ -45,63 +37,33 @@ def _check_path(path: str, where: str) -> None:
         try:
             check_source(path)
         except SourceError as err:
-            raise ConfigError(f"{where}.path: {err}") from None
+            raise ConfigError(f"{field}: {err}") from None
         return
     p = os.path.expanduser(path)
     missing = [s for s in (".bin", ".idx") if not os.path.isfile(p + s)]
     if missing:
         raise ConfigError(
-            f"{where}.path={path}: {path}{'/'.join(missing)} not found. Give the prefix of a Megatron indexed "
+            f"{field}={path}: {path}{'/'.join(missing)} not found. Give the prefix of a Megatron indexed "
             "dataset (the path without .bin/.idx, as written by `nemo-reason prepare-data` or Megatron-LM's "
             f"tools/preprocess_data.py), or {NAMED_HINT}")
 
 
-def check_blend(entries: Sequence, where: str) -> None:
-    if not entries:
-        raise ConfigError(f"{where} is empty: list at least one {{weight: W, path: PREFIX}}")
-    seen = set()
-    for i, e in enumerate(entries):
-        w = f"{where}[{i}]"
-        if not e.weight > 0:
-            raise ConfigError(f"{w}.weight={e.weight}: weights must be > 0 (drop the entry to leave it out)")
-        _check_path(e.path, w)
-        key = e.path if is_named(e.path) else os.path.abspath(os.path.expanduser(e.path))
-        if key in seen:
-            raise ConfigError(f"{w}.path={e.path} is listed twice in {where}: merge the two entries' weights")
-        seen.add(key)
-
-
-def check_data_blends(d) -> None:
-    """The data group's blend rules (``DataConfig.validate``); the per-step boundary check needs
-    ``trainer.max_steps`` and runs in ``RunConfig.validate``."""
-    if d.blend and d.phases:
-        raise ConfigError("data.blend and data.phases are both set: a phased run gives each phase its blend "
-                          "(data.phases[i].blend); drop one of them (e.g. data.blend=[])")
-    if d.blend:
-        check_blend(d.blend, "data.blend")
+def check_sources(d) -> None:
+    """Preflight: every dataset prefix of the run (phases, blend, ``path_prefix``, ``valid_blend``)
+    has its .bin and .idx, and every named source is valid; ConfigError naming the field otherwise."""
+    if d.phases:
+        blends = [(f"data.phases[{i}].blend", p.blend) for i, p in enumerate(d.phases)]
+    elif d.blend:
+        blends = [("data.blend", d.blend)]
+    else:
+        blends = []
+        if d.source == "indexed" and d.path_prefix:
+            _check_path(str(d.path_prefix), "data.path_prefix")
     if d.valid_blend:
-        check_blend(d.valid_blend, "data.valid_blend")
-    names = []
-    for i, p in enumerate(d.phases):
-        check_blend(p.blend, f"data.phases[{i}].blend")
-        names.append(p.name or f"phase{i + 1}")
-    if len(set(names)) != len(names):
-        raise ConfigError(f"data.phases names repeat ({', '.join(names)}): give each phase its own name")
-    if d.phases:
-        try:
-            # Shares only; the steps each phase gets are checked against trainer.max_steps later.
-            phase_boundaries([p.share for p in d.phases], 10**9, names)
-        except PhaseError as err:
-            raise ConfigError(str(err)) from None
-
-
-def check_phase_steps(d, max_steps: int) -> None:
-    """Every phase gets at least one optimizer step (``RunConfig.validate``)."""
-    if d.phases:
-        try:
-            phase_boundaries([p.share for p in d.phases], max_steps, [p.name for p in d.train_phases()])
-        except PhaseError as err:
-            raise ConfigError(str(err)) from None
+        blends.append(("data.valid_blend", d.valid_blend))
+    for where, entries in blends:
+        for i, e in enumerate(entries):
+            _check_path(e.path, f"{where}[{i}].path")
 
 
 def normalized(entries: Sequence) -> List[Tuple[str, float]]:

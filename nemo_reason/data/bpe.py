@@ -76,12 +76,10 @@ def texts_from_files(paths: Sequence[str], key: str = "text", skip_bad: bool = F
                      max_documents: Optional[int] = None) -> Iterator[str]:
     """The texts of prepare-data's input formats, in order (a list of sentences is joined).
 
-    A malformed line raises :class:`~nemo_reason.data.prepare.PrepareError` with ``file:line``
+    A malformed line raises :class:`~nemo_reason.data.readers.PrepareError` with ``file:line``
     unless ``skip_bad``.
     """
-    from nemo_reason.data.prepare import PrepareError
-    from nemo_reason.data.prepare_worker import text_of
-    from nemo_reason.data.readers import read_chunks
+    from nemo_reason.data.readers import PrepareError, read_chunks, text_of
 
     n = 0
     for chunk in read_chunks(list(paths), key):

@@ -115,13 +115,62 @@ def _dataset_config(cfg: RunConfig, tokenizer, seed: int, **blend) -> GPTDataset
     )
 
 
+_SPLITS = ("train", "valid", "test")
+
+
+def split_ranges(weights: Sequence[float], num_documents: int) -> List[Optional[Tuple[int, int]]]:
+    """The document range ``[begin, end)`` of each split (None: weight 0), as Megatron computes it
+    (``parse_and_normalize_split``, ``convert_split_vector_to_split_matrix`` and
+    ``BlendedMegatronDatasetBuilder._build_megatron_dataset_splits``)."""
+    total = float(sum(weights))
+    out, cum = [], 0.0
+    for w in weights:
+        lo, cum = cum, cum + w / total
+        out.append((int(round(lo * num_documents)), int(round(cum * num_documents))) if cum > lo else None)
+    return out
+
+
+def check_splits(prefixes: Sequence[str], weights: Optional[Sequence[float]], split_text: str) -> None:
+    """ConfigError when a split Megatron will build has no tokens in a source: its ``GPTDataset``
+    would loop forever in ``_get_num_epochs`` (it adds epochs of 0 tokens until it has the samples
+    asked for, and it asks for at least one token even when no sample is needed). ``weights`` None:
+    each source is used whole (a validation blend)."""
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    for prefix in prefixes:
+        ds = IndexedDataset(prefix, mmap=True)
+        lengths = ds.sequence_lengths.astype("int64")  # a copy: the index's memory map closes with `ds`
+        del ds
+        ranges = split_ranges(weights, len(lengths)) if weights is not None else [(0, len(lengths))]
+        sizes = [None if r is None else (r[1] - r[0], int(lengths[r[0]:r[1]].sum())) for r in ranges]
+        empty = [i for i, sz in enumerate(sizes) if sz is not None and sz[1] == 0]
+        if not empty:
+            continue
+        n = len(lengths)
+        if weights is None:
+            raise ConfigError(f"data.valid_blend source {prefix} has no documents: give a prepared dataset "
+                              "with at least one document")
+        per = ", ".join(f"{_SPLITS[i]} {'-' if sz is None else f'{sz[0]} documents / {sz[1]:,} tokens'}"
+                        for i, sz in enumerate(sizes))
+        fix = (f"data.split=[{n - 2},1,1] (one document each for valid and test)" if n >= 3 else
+               "data.split=[1,0,0] with trainer.eval_every=0 (train only), or a larger dataset")
+        raise ConfigError(
+            f"data.split={split_text} leaves the {' and '.join(_SPLITS[i] for i in empty)} split of {prefix} "
+            f"({n} documents) empty: {per}. Megatron's GPTDataset cannot fill an empty split (it would loop "
+            f"forever); give every split with a weight at least one document, e.g. {fix}")
+
+
 def build_datasets(cfg: RunConfig, sizes: List[int], tokenizer, seed: int, blend=None, valid_blend=None):
     """[train, valid, test] from Megatron's builder. Every rank calls it together: Megatron builds on
-    rank 0 first (writing the cached indices), then on the others (reading them)."""
+    rank 0 first (writing the cached indices), then on the others (reading them). A split that
+    cannot be filled is refused first (:func:`check_splits`)."""
     if valid_blend is not None:
+        check_splits([p for p, _ in valid_blend], None, "")
         kw = dict(blend_per_split=[None, _megatron_blend(valid_blend), None])
     else:
-        kw = dict(blend=_megatron_blend(blend), split=cfg.data.split)
+        split = cfg.data.split_string()
+        check_splits([p for p, _ in blend], cfg.data.split_weights(), split)
+        kw = dict(blend=_megatron_blend(blend), split=split)
     return BlendedMegatronDatasetBuilder(GPTDataset, sizes, lambda: True,
                                          _dataset_config(cfg, tokenizer, seed, **kw)).build()
 

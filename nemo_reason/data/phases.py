@@ -21,19 +21,18 @@ it with the run's consumed-samples counter alone, so a run resumed anywhere (mid
 a boundary) reads the same samples as an uninterrupted one; the switch happens inside the dataset,
 so every pipeline schedule (one iterator, or one per virtual stage) sees it without knowing.
 
-Pure Python: no Megatron or torch import.
+Pure Python: no Megatron or torch import. :func:`phase_boundaries` lives in
+:mod:`nemo_reason.config.blends` (validation uses it) and is re-exported here.
 """
 
 from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass
-from fractions import Fraction
 from typing import List, Optional, Sequence, Tuple
 
-
-class PhaseError(ValueError):
-    """The phase shares do not make a valid schedule; the message names the numbers and the fix."""
+# The boundary rule is configuration arithmetic (validation checks every phase gets a step): it lives in config.
+from nemo_reason.config.blends import PhaseError, phase_boundaries  # noqa: F401  (re-exported)
 
 
 @dataclass(frozen=True)
@@ -48,35 +47,6 @@ class PhaseSpan:
     @property
     def steps(self) -> int:
         return self.end_step - self.start_step
-
-
-def _exact(x: float) -> Fraction:
-    # Shares are written as decimals (0.6, 0.35): take them as the decimal the user wrote, so that
-    # 0.6 x 200 is exactly 120 and not 120.00000000000001.
-    return Fraction(repr(float(x)))
-
-
-def phase_boundaries(shares: Sequence[float], max_steps: int, names: Optional[Sequence[str]] = None) -> List[int]:
-    """Step boundaries ``[0, b1, ..., max_steps]`` for phases with these token shares (see module doc)."""
-    names = list(names) if names else [f"phase{i + 1}" for i in range(len(shares))]
-    if not shares:
-        raise PhaseError("no phases")
-    total = sum((_exact(s) for s in shares), Fraction(0))
-    if any(s <= 0 for s in shares) or abs(total - 1) > Fraction(1, 10**6):
-        listed = " + ".join(f"{n} {s:g}" for n, s in zip(names, shares))
-        raise PhaseError(f"data.phases shares must be positive and sum to 1; they sum to {float(total):g} "
-                         f"({listed}): adjust the shares")
-    bounds, cum = [0], Fraction(0)
-    for s in shares[:-1]:
-        cum += _exact(s) / total
-        bounds.append(int(cum * max_steps + Fraction(1, 2)))  # round half up
-    bounds.append(max_steps)
-    for i in range(len(shares)):
-        if bounds[i + 1] <= bounds[i]:
-            raise PhaseError(
-                f"data.phases: phase '{names[i]}' (share {shares[i]:g}) gets no step of trainer.max_steps="
-                f"{max_steps} (boundaries at steps {bounds}): raise its share or trainer.max_steps")
-    return bounds
 
 
 def plan_phases(names: Sequence[str], shares: Sequence[float], max_steps: int) -> List[PhaseSpan]:

@@ -43,14 +43,11 @@ import numpy as np
 from nemo_reason.config.schema import ConfigError
 from nemo_reason.data import prepare_worker as pw
 from nemo_reason.data.indexed import IndexedWriter, clean_stale, is_prepared
+from nemo_reason.data.readers import PrepareError  # noqa: F401  (re-exported)
 from nemo_reason.data.readers import InputError, check_input, expand_inputs, input_fingerprint, read_chunks
 
 FORMAT_VERSION = 1
 DEDUP_METHODS = ("none", "exact", "minhash")
-
-
-class PrepareError(RuntimeError):
-    """Bad input data found while preparing (a malformed line without ``skip_bad``)."""
 
 
 @dataclass

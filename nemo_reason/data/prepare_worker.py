@@ -16,13 +16,14 @@ with one worker it runs in this process.
 from __future__ import annotations
 
 import collections
-import json
 import multiprocessing as mp
 import signal
 from dataclasses import dataclass
 from typing import Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
+
+from nemo_reason.data.readers import text_of  # noqa: F401  (re-exported; bpe reads texts without this module)
 
 OK, EMPTY, BLANK, BAD = "ok", "empty", "blank", "bad"
 
@@ -56,32 +57,6 @@ def init_worker(spec: WorkerSpec, in_main: bool = False) -> None:
     _STATE["spec"] = spec
     _STATE["tok"] = build_tokenizer(spec.tokenizer, spec.tokenizer_path, spec.cache_dir)
     _STATE["scorer"] = build_scorer(spec.quality_scorer) if spec.quality_scorer else None
-
-
-def text_of(raw, kind: str, key: str):
-    """The document's text (a str, or a list of str), or raise ValueError with the reason."""
-    if kind == "values":
-        value = raw
-    elif kind == "text":
-        return raw.decode("utf-8").rstrip("\r\n")
-    else:
-        try:
-            obj = json.loads(raw)
-        except UnicodeDecodeError as exc:
-            raise ValueError(f"not UTF-8 ({exc.reason} at byte {exc.start})") from None
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"invalid JSON: {exc.msg} at column {exc.colno}") from None
-        if not isinstance(obj, dict):
-            raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
-        if key not in obj:
-            have = ", ".join(list(obj)[:8]) or "none"
-            raise ValueError(f"no key {key!r} (keys: {have}); choose the field with --json-keys")
-        value = obj[key]
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return value
-    raise ValueError(f"{key!r} is {'null' if value is None else type(value).__name__}, expected a string")
 
 
 @dataclass

@@ -3,7 +3,8 @@
 The reader runs in the one process that feeds the workers, so it does no parsing: JSONL lines
 travel as raw bytes (the workers parse them, reporting ``file:line`` for a malformed one), and
 Parquet values as the strings the ``pyarrow`` reader gives (row numbers, 1-based, stand in for
-line numbers). :func:`check_input` validates a file before any work starts: it exists, its
+line numbers); :func:`text_of` turns one raw item into its text (in the workers, and for
+``train-tokenizer``). :func:`check_input` validates a file before any work starts: it exists, its
 compression is one we read, and a Parquet file has the text column.
 
 ``.txt`` files are read as one document per line (the text itself, no JSON). Left out: JSON
@@ -15,6 +16,7 @@ from __future__ import annotations
 import glob
 import gzip
 import io
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +30,10 @@ PARQUET_SUFFIXES = (".parquet", ".pq")
 
 class InputError(ValueError):
     """An input file is missing or of a kind we don't read; raised before any work starts."""
+
+
+class PrepareError(RuntimeError):
+    """Bad input data found while preparing (a malformed line without ``skip_bad``)."""
 
 
 def kind_of(path: str) -> str:
@@ -143,3 +149,29 @@ def input_fingerprint(paths: List[str]) -> List[list]:
         st = os.stat(p)
         out.append([str(Path(p).resolve()), st.st_size, st.st_mtime_ns])
     return out
+
+
+def text_of(raw, kind: str, key: str):
+    """The document's text (a str, or a list of str), or raise ValueError with the reason."""
+    if kind == "values":
+        value = raw
+    elif kind == "text":
+        return raw.decode("utf-8").rstrip("\r\n")
+    else:
+        try:
+            obj = json.loads(raw)
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"not UTF-8 ({exc.reason} at byte {exc.start})") from None
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"invalid JSON: {exc.msg} at column {exc.colno}") from None
+        if not isinstance(obj, dict):
+            raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+        if key not in obj:
+            have = ", ".join(list(obj)[:8]) or "none"
+            raise ValueError(f"no key {key!r} (keys: {have}); choose the field with --json-keys")
+        value = obj[key]
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return value
+    raise ValueError(f"{key!r} is {'null' if value is None else type(value).__name__}, expected a string")

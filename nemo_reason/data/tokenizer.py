@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
@@ -35,6 +34,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 from megatron.core.datasets.megatron_tokenizer import MegatronLegacyTokenizer
 
+from nemo_reason.models.vocab import padded_vocab_size  # noqa: F401  (re-exported for old callers)
 from nemo_reason.registry import Registry
 
 TOKENIZERS: Registry = Registry("tokenizer")
@@ -279,14 +279,3 @@ def parse_tokenizer_arg(arg: str) -> Tuple[str, Optional[str]]:
         return "hf", arg
     raise TokenizerError(f"--tokenizer {arg}: neither a registered tokenizer ({', '.join(TOKENIZERS.names())}) nor "
                          "a path (tokenizer.json, a folder holding one, or a SentencePiece .model)")
-
-
-def padded_vocab_size(vocab_size: int, divisible_by: int, tp: int) -> int:
-    """Pad the vocabulary so the output layer splits evenly across TP ranks.
-
-    Megatron-LM pads to a multiple of ``divisible_by * tp``; we pad to a multiple of
-    lcm(divisible_by, tp), which is the same whenever tp divides divisible_by (the usual case)
-    and keeps the padded size, and so the model, identical across TP sizes for parity tests.
-    """
-    multiple = divisible_by * tp // math.gcd(divisible_by, tp)
-    return ((vocab_size + multiple - 1) // multiple) * multiple

@@ -10,7 +10,9 @@ command line with ``launcher=local|slurm|docker``, a Hydra group in recipes/laun
 A launcher has ``detect_gpus()`` (the GPUs its ranks get per node when they run on this machine,
 the default of ``launcher.gpus_per_node``; None elsewhere), ``validate(launcher_cfg)`` for its own rules,
 ``render(request) -> [Job]`` (pure: text and commands, nothing written or run) and
-``submit(jobs, request) -> exit code``. Every job runs the same ``nemo-reason run RECIPE
+``submit(jobs, request) -> exit code``. :func:`resolve_launcher` fills the per-node sizes from the
+launcher's ``detect_gpus()`` and checks its rules (config validation imports no launcher and looks
+at no machine); ``nemo-reason run`` and ``launch`` call it after composing. Every job runs the same ``nemo-reason run RECIPE
 overrides`` inside (job.py), so a recipe and its overrides mean the same under every launcher.
 """
 
@@ -43,12 +45,43 @@ def load_builtin_launchers() -> Registry:
     return LAUNCHERS
 
 
+def _launcher_of(cfg):
+    from nemo_reason.config.errors import ConfigError
+
+    try:
+        return load_builtin_launchers().get(cfg.launcher.type)
+    except KeyError as err:
+        raise ConfigError(f"launcher.type: {err.args[0]}; select one with launcher=NAME") from None
+
+
+def resolve_launcher(cfg):
+    """Fill ``launcher.gpus_per_node`` (when null: the GPUs the launcher's ranks get on this machine)
+    and ``nproc_per_node`` (one rank per GPU, or 1), then validate again: the world size may have
+    changed. Returns ``cfg``; ConfigError for an unknown launcher type or a broken rule."""
+    lc = cfg.launcher
+    launcher = _launcher_of(cfg)
+    if lc.gpus_per_node is None:
+        lc.gpus_per_node = launcher.detect_gpus()
+    lc.resolve()
+    if lc.nproc_per_node is None:  # a launcher whose ranks run elsewhere and no gpus_per_node: 1 rank
+        lc.nproc_per_node = lc.gpus_per_node or 1
+    cfg.validate()
+    return cfg
+
+
+def validate_launcher(cfg) -> None:
+    """The rules of the launcher ``launcher.type`` names (``launcher=slurm`` needs gpus_per_node, ...)."""
+    _launcher_of(cfg).validate(cfg.launcher)
+
+
 def launch(recipe: str, overrides: List[str], cfg, dry_run: bool = False, cwd: Optional[Path] = None) -> int:
     """Render the job(s) for ``cfg.launcher.type``, print where things go, then submit (or, with
     ``dry_run``, print what would be submitted)."""
     from nemo_reason.launch.job import LaunchRequest
 
-    launcher = load_builtin_launchers().get(cfg.launcher.type)
+    resolve_launcher(cfg)
+    validate_launcher(cfg)
+    launcher = _launcher_of(cfg)
     req = LaunchRequest.create(recipe, overrides, cfg, Path(cwd or os.getcwd()))
     jobs = launcher.render(req)
     for job in jobs:

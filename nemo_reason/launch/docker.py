@@ -10,8 +10,14 @@ and runs it in the foreground, its output also in ``<run.dir>/logs/``. Paths are
 same place inside (working directory, run dir, data cache, an indexed dataset's folder read-only,
 ``launcher.container_mounts``), so the run dir and the checkpoints are the host's. ``--gpus all``
 is left out when ``launcher.gpus_per_node=0``. ``launcher.nproc_per_node`` ranks start inside, as
-``nemo-reason run`` starts them anywhere; the preemption signal reaches them through docker's
-signal proxy and ``--init``.
+``nemo-reason run`` starts them anywhere.
+
+Signals: the script ``exec``s ``docker run``, so a signal to it (or to ``nemo-reason launch``,
+which forwards the preemption signal and SIGTERM) reaches the docker client, whose signal proxy
+passes it into the container; ``docker stop`` sends SIGTERM there itself. Inside, ``--init``
+(tini, PID 1) passes it to ``nemo-reason run``, which passes it to its ranks: they finish the
+step, save and exit 75 (training/preemption.py). ``--stop-timeout=launcher.preempt_warning_s``
+gives them that long before docker's SIGKILL (docker's default: 10 s, too short for a save).
 """
 
 from __future__ import annotations
@@ -33,10 +39,18 @@ def container_name(req: LaunchRequest) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "-", f"nemo-reason-{req.name}-{req.stamp}")
 
 
+def stop_timeout_s(lc) -> int:
+    """Seconds between ``docker stop``'s SIGTERM and its SIGKILL: the warning's lead time, which is
+    what a run is given to save on SLURM too (at least docker's own 10 s)."""
+    return max(10, int(lc.preempt_warning_s))
+
+
 def docker_options(req: LaunchRequest) -> List[str]:
     lc = req.cfg.launcher
     opts = ["--gpus all"] if lc.gpus_per_node else []
     opts.append(f"--name {container_name(req)}")
+    # `docker stop` (SIGTERM) waits this long for the checkpoint before it kills.
+    opts.append(f"--stop-timeout {stop_timeout_s(lc)}")
     opts += [f"-v {shell_join([m])}" for m in mounts(req)]
     env = {"NEMO_REASON_CACHE": str(cache_dir(req.cfg))}  # the container's HOME differs
     if lc.preempt_signal:
@@ -52,6 +66,7 @@ def render_script(req: LaunchRequest) -> str:
     return render_template(TEMPLATE, {
         "launch_command": shell_join(["nemo-reason", "launch", req.recipe, *req.overrides]),
         "preempt_signal": lc.preempt_signal or "USR1",
+        "stop_timeout": stop_timeout_s(lc),
         "container_name": container_name(req),
         "run_dir": shell_join([str(req.run_dir)]),
         "docker_options": " \\\n  ".join(docker_options(req)),

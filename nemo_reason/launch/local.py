@@ -8,8 +8,10 @@ On SLURM with ``launcher.elastic=true`` the batch script starts one ``nemo-reaso
 (``NEMO_REASON_NODE_AGENT=1``); each spawns its node's ranks the same way, with a rendezvous on
 the allocation's first node (:func:`node_rendezvous`), as ``srun torchrun --nnodes ...`` would.
 
-The spawning process passes the preemption signal (``launcher.preempt_signal``) on to its ranks,
-and reports a run that stopped for it (exit code 75) as such rather than as a failure.
+The spawning process passes the preemption signal (``launcher.preempt_signal``) and SIGTERM
+(``kill``, ``docker stop``, a pod eviction: training/preemption.py) on to its ranks, and reports a
+run that stopped for them (exit code 75) as such rather than as a failure. Torch elastic's own
+SIGTERM handler (kill the workers, raise) is switched off for that: the ranks decide when to stop.
 
 ``launcher=local`` for ``nemo-reason launch`` (:class:`LocalLauncher`) runs ``nemo-reason run``
 here, with its output also written to ``<run.dir>/logs/``.
@@ -29,9 +31,11 @@ from typing import List, Optional
 from nemo_reason.config.schema import ConfigError
 from nemo_reason.launch import register_launcher
 from nemo_reason.launch.job import Job, LaunchRequest, nemo_reason_command
-from nemo_reason.launch.ports import free_port
+from nemo_reason.ports import free_port
 
 NODE_AGENT_ENV = "NEMO_REASON_NODE_AGENT"
+# A configuration error, as the CLI's exit code (worker.run_worker returns it when the preflight fails).
+EXIT_CONFIG = 2
 # Same value as training.preemption.EXIT_PREEMPTED (not imported: that module imports torch).
 EXIT_PREEMPTED = 75
 
@@ -75,15 +79,24 @@ def node_rendezvous(nodes: int) -> Rendezvous:
                       f"{env['MASTER_ADDR']}:{env['MASTER_PORT']}", f"slurm-{env['SLURM_JOB_ID']}")
 
 
-def _forward_signal(signal_name: str):
-    """Pass SIG<signal_name> on to the rank processes; returns a function that undoes it."""
-    if not signal_name:
-        return lambda: None
-    signum = getattr(signal, "SIG" + signal_name)
+def forwarded_signals(signal_name: str) -> List[int]:
+    """The signals a process that starts ranks passes on to them: the preemption signal, and SIGTERM
+    always (training/preemption.py catches both)."""
+    signums = [signal.SIGTERM]
+    if signal_name and getattr(signal, "SIG" + signal_name) != signal.SIGTERM:
+        signums.insert(0, getattr(signal, "SIG" + signal_name))
+    return signums
+
+
+def _forward_signal(signal_name: str, received: Optional[list] = None):
+    """Pass SIG<signal_name> and SIGTERM on to the rank processes (appending each one to ``received``);
+    returns a function that undoes it."""
 
     def forward(sig, frame):  # noqa: ARG001
         import psutil
 
+        if received is not None:
+            received.append(sig)
         for child in psutil.Process().children(recursive=True):
             try:
                 if "nemo_reason.worker" in " ".join(child.cmdline()):
@@ -91,14 +104,15 @@ def _forward_signal(signal_name: str):
             except psutil.Error:
                 pass
 
-    previous = signal.signal(signum, forward)
-    return lambda: signal.signal(signum, previous)
+    previous = {signum: signal.signal(signum, forward) for signum in forwarded_signals(signal_name)}
+    return lambda: [signal.signal(signum, handler) for signum, handler in previous.items()]
 
 
 def spawn(config_path: Path, nproc: int, master_port: int = 0, rdzv: Optional[Rendezvous] = None,
           forward_signal: str = "") -> int:
     """Run the worker on ``nproc`` local ranks (of ``rdzv.nnodes`` nodes); returns 0 on success,
-    75 when the ranks stopped for the preemption signal (with a checkpoint), 1 if a rank failed."""
+    75 when the ranks stopped for the preemption signal or SIGTERM (with a checkpoint), 128 + the
+    signal when a forwarded signal stopped them before they could save (start-up), 1 if a rank failed."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -116,14 +130,26 @@ def spawn(config_path: Path, nproc: int, master_port: int = 0, rdzv: Optional[Re
         max_restarts=0,
         monitor_interval=0.2,
         start_method="spawn",
+        # Not SIGTERM nor the preemption signal: torch elastic would kill the workers at once (and
+        # raise here); _forward_signal passes them on and the ranks stop after their step instead.
+        signals_to_handle=",".join(s for s in ("SIGINT", "SIGHUP", "SIGQUIT")
+                                   if getattr(signal, s) not in forwarded_signals(forward_signal)),
     )
-    restore = _forward_signal(forward_signal)
+    received: list = []
+    restore = _forward_signal(forward_signal, received)
     try:
         elastic_launch(lc, entrypoint=sys.executable)("-m", "nemo_reason.worker", str(config_path))
     except ChildFailedError as exc:
         codes = [getattr(f, "exitcode", None) for f in exc.failures.values()]
-        if EXIT_PREEMPTED in codes and all(c == EXIT_PREEMPTED or (c is not None and c < 0) for c in codes):
-            return EXIT_PREEMPTED  # every rank stopped for the signal (the others, just after, by the agent)
+        if all(c == EXIT_PREEMPTED or (c is not None and c < 0) for c in codes):
+            if EXIT_PREEMPTED in codes:
+                return EXIT_PREEMPTED  # every rank stopped for the signal (the others, just after, by the agent)
+            if received:  # the ranks were still starting: killed by it, nothing to save
+                print(f"[nemo-reason] {signal.Signals(received[0]).name} before the ranks had started: "
+                      "stopped, nothing to save", file=sys.stderr)
+                return 128 + received[0]
+        if EXIT_CONFIG in codes and all(c == EXIT_CONFIG or (c is not None and c < 0) for c in codes):
+            return EXIT_CONFIG  # the ranks' preflight refused this machine (rank 0 printed why)
         first = next(iter(exc.failures.values()), None)
         print(f"[nemo-reason] rank {getattr(first, 'local_rank', '?')} failed "
               f"(exit code {getattr(first, 'exitcode', '?')}); see its output above", file=sys.stderr)
@@ -156,7 +182,8 @@ class LocalLauncher:
 
 def run_teed(argv: List[str], req: LaunchRequest, log_path: str) -> int:
     """Run ``argv`` in the foreground, its output to the terminal and appended to ``log_path``;
-    ``kill -SIG<launcher.preempt_signal>`` on this process reaches it."""
+    ``kill -SIG<launcher.preempt_signal>`` and ``kill`` (SIGTERM) on this process reach it, and its
+    output is read to its end."""
     env = dict(os.environ)
     if req.cfg.launcher.preempt_signal:  # the run catches it from its first line on
         env["NEMO_REASON_PREEMPT_SIGNAL"] = req.cfg.launcher.preempt_signal
@@ -176,8 +203,6 @@ def run_teed(argv: List[str], req: LaunchRequest, log_path: str) -> int:
 
 
 def _forward_to(proc: subprocess.Popen, signal_name: str):
-    if not signal_name:
-        return lambda: None
-    signum = getattr(signal, "SIG" + signal_name)
-    previous = signal.signal(signum, lambda sig, frame: proc.send_signal(sig))
-    return lambda: signal.signal(signum, previous)
+    previous = {signum: signal.signal(signum, lambda sig, frame: proc.send_signal(sig))
+                for signum in forwarded_signals(signal_name)}
+    return lambda: [signal.signal(signum, handler) for signum, handler in previous.items()]

@@ -1,9 +1,3 @@
-"""Free TCP ports on localhost for rendezvous."""
+"""Free TCP ports on localhost for rendezvous (kept for old callers: lives in :mod:`nemo_reason.ports`)."""
 
-import socket
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from nemo_reason.ports import free_port  # noqa: F401  (re-exported)

@@ -22,7 +22,7 @@ from nemo_reason.backend import cuda_available, select
 from nemo_reason.backend.fp8 import fp8_transformer_kwargs
 from nemo_reason.backend.specs import gpt_layer_spec
 from nemo_reason.config.schema import RunConfig
-from nemo_reason.data.tokenizer import padded_vocab_size
+from nemo_reason.models.vocab import padded_vocab_size
 
 _ACTIVATIONS = {
     "squared_relu": (squared_relu, False),

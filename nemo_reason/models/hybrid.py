@@ -25,7 +25,7 @@ from megatron.core.models.mamba import MambaModel
 from nemo_reason.backend import cuda_available, select
 from nemo_reason.backend.specs import hybrid_stack_spec
 from nemo_reason.config.schema import RunConfig
-from nemo_reason.data.tokenizer import padded_vocab_size
+from nemo_reason.models.vocab import padded_vocab_size
 from nemo_reason.models.gpt import transformer_config
 from nemo_reason.models.pattern import allocate
 

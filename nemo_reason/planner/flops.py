@@ -69,23 +69,21 @@ def _moe_kwargs(m) -> dict:
 def flops_per_step_from_config(cfg, padded_vocab: int) -> float:
     """Model FLOPs of one optimizer step (``trainer.global_batch_size`` sequences)."""
     m, t = cfg.model, cfg.trainer
-    if m.type == "hybrid":
-        from nemo_reason.models.pattern import allocate, counts
+    from nemo_reason.config.layers import MOE, layer_counts
 
+    layers = layer_counts(m)
+    if m.type == "hybrid":
         return hybrid_flops_per_step(
-            batch=t.global_batch_size, seq=t.seq_length, hidden=m.hidden_size,
-            layers=counts(allocate(m.num_layers, m.hybrid_attention_ratio, m.hybrid_mlp_ratio, m.hybrid_pattern)),
+            batch=t.global_batch_size, seq=t.seq_length, hidden=m.hidden_size, layers=layers,
             ffn=m.ffn_hidden_size, heads=m.num_attention_heads, groups=m.num_query_groups or m.num_attention_heads,
             kv_channels=m.kv_channels or m.hidden_size // m.num_attention_heads, vocab=padded_vocab,
             gated=m.activation == "swiglu", mamba_heads=m.mamba_heads, mamba_head_dim=m.mamba_head_dim,
             mamba_groups=m.mamba_num_groups, mamba_state=m.mamba_state_dim, **_moe_kwargs(m),
         )
-    from nemo_reason.planner.params import moe_layer_count
-
     kv = m.kv_channels or m.hidden_size // m.num_attention_heads
     return gpt_flops_per_step(
         batch=t.global_batch_size, seq=t.seq_length, num_layers=m.num_layers, hidden=m.hidden_size,
         ffn=m.ffn_hidden_size, heads=m.num_attention_heads,
         groups=m.num_query_groups or m.num_attention_heads, kv_channels=kv, vocab=padded_vocab,
-        gated=m.activation == "swiglu", num_moe_layers=moe_layer_count(m), **_moe_kwargs(m),
+        gated=m.activation == "swiglu", num_moe_layers=layers[MOE], **_moe_kwargs(m),
     )

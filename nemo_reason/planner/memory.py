@@ -140,15 +140,11 @@ def layer_activation_terms(m, kind: str, lay) -> Dict[str, float]:
 
 
 def _layer_kinds(m) -> Dict[str, int]:
-    from nemo_reason.planner.params import moe_layer_count
+    from nemo_reason.config.layers import ATTENTION, MAMBA, MLP, MOE, layer_counts
 
-    if m.type == "hybrid":
-        from nemo_reason.models.pattern import allocate, counts
-
-        c = counts(allocate(m.num_layers, m.hybrid_attention_ratio, m.hybrid_mlp_ratio, m.hybrid_pattern))
-        return {"mamba": c["M"], "attention": c["*"], "mlp": c["-"], "moe": c["E"]}
-    n_moe = moe_layer_count(m)
-    return {"attention": m.num_layers, "mlp": m.num_layers - n_moe, "moe": n_moe}
+    c = layer_counts(m)
+    kinds = {"attention": c[ATTENTION], "mlp": c[MLP], "moe": c[MOE]}
+    return {"mamba": c[MAMBA], **kinds} if m.type == "hybrid" else kinds
 
 
 def _per_layer_bytes(z: Dict[str, float], lay, seq: int, recompute: str, fp8: bool) -> float:

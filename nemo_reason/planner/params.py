@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Dict
 
-from nemo_reason.models.pattern import ATTENTION, MAMBA, MLP, MOE, allocate, counts
+from nemo_reason.config.layers import ATTENTION, MAMBA, MLP, MOE, layer_counts
 
 D_CONV = 4  # Megatron's MambaMixer default conv width
 
@@ -71,11 +71,7 @@ def moe_layer_params(m, active: bool = False) -> int:
 def moe_layer_count(m) -> int:
     """MoE layers of a model: every ``moe_layer_freq``-th layer (0, f, 2f, ...) for type=moe, as
     Megatron's integer ``moe_layer_freq``; the E layers of a hybrid pattern."""
-    if not m.is_moe:
-        return 0
-    if m.type == "hybrid":
-        return counts(allocate(m.num_layers, m.hybrid_attention_ratio, m.hybrid_mlp_ratio, m.hybrid_pattern))[MOE]
-    return sum(1 for i in range(m.num_layers) if i % m.moe_layer_freq == 0)
+    return layer_counts(m)[MOE] if m.is_moe else 0
 
 
 def mamba_layer_params(m) -> int:
@@ -96,20 +92,13 @@ def embedding_params(m, padded_vocab: int) -> int:
 def param_breakdown(m, padded_vocab: int, active: bool = False) -> Dict[str, int]:
     """Parameters per part of the model (all ranks together); ``active``: per token (top-k experts).
     Keys: attention, mlp, and mamba (hybrid) / moe (with experts), embeddings."""
-    if m.type in ("gpt", "moe"):
-        n_moe = moe_layer_count(m)
-        layers = {"attention": m.num_layers * attention_layer_params(m),
-                  "mlp": (m.num_layers - n_moe) * mlp_layer_params(m)}
-        if n_moe:
-            layers["moe"] = n_moe * moe_layer_params(m, active)
-    elif m.type == "hybrid":
-        c = counts(allocate(m.num_layers, m.hybrid_attention_ratio, m.hybrid_mlp_ratio, m.hybrid_pattern))
-        layers = {"mamba": c[MAMBA] * mamba_layer_params(m), "attention": c[ATTENTION] * attention_layer_params(m),
-                  "mlp": c[MLP] * mlp_layer_params(m)}
-        if c[MOE]:
-            layers["moe"] = c[MOE] * moe_layer_params(m, active)
-    else:
+    if m.type not in ("gpt", "moe", "hybrid"):
         raise ValueError(f"no parameter model for model.type={m.type!r}")
+    c = layer_counts(m)
+    layers = {"mamba": c[MAMBA] * mamba_layer_params(m)} if m.type == "hybrid" else {}
+    layers.update(attention=c[ATTENTION] * attention_layer_params(m), mlp=c[MLP] * mlp_layer_params(m))
+    if c[MOE]:
+        layers["moe"] = c[MOE] * moe_layer_params(m, active)
     return {**layers, "embeddings": embedding_params(m, padded_vocab)}
 
 

@@ -10,10 +10,10 @@ FLOPs per step / (step time x GPUs x peak), the peak defaulting to an H100's den
 
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 from nemo_reason.config.schema import ConfigError
+from nemo_reason.models.vocab import padded_vocab_size
 from nemo_reason.planner.flops import flops_per_step_from_config
 from nemo_reason.planner.layout import check_layout, layout_of
 from nemo_reason.planner.memory import memory_report
@@ -22,10 +22,8 @@ from nemo_reason.planner.params import param_breakdown
 H100_BF16_TFLOPS = 989.4  # the same default as nemo_reason.backend.peak (not imported: it would import torch)
 
 
-def padded_vocab(vocab: int, divisible_by: int, tp: int) -> int:
-    """``nemo_reason.data.tokenizer.padded_vocab_size`` (a test keeps the two equal) without its imports."""
-    multiple = divisible_by * tp // math.gcd(divisible_by, tp)
-    return -(-vocab // multiple) * multiple
+# The same padding as the model builders (pure Python, no torch).
+padded_vocab = padded_vocab_size
 
 
 def vocab_of(cfg) -> int:

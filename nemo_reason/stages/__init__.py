@@ -1,7 +1,10 @@
 """Pipeline step types: one module each, registered by name with :func:`register_step`.
 
-A step type is a function ``run(cfg, ctx) -> StepResult``. Adding one is one module here plus
-its import in :data:`_BUILTIN` below; ``nemo-reason list`` shows what is registered.
+A step type is a function ``run(cfg, ctx) -> StepResult`` and a config dataclass (a
+:class:`~nemo_reason.config.steps.StepConfig` subclass) holding its own fields, which a recipe sets
+on the step's ``pipeline`` entry. ``cfg`` is the run config as the step sees it (its ``overrides``
+applied); ``ctx.step`` is the typed step config. Adding one is one module here plus its import in
+:data:`_BUILTIN` below; ``nemo-reason list`` shows what is registered, with each type's fields.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ from pathlib import Path
 from typing import Optional, Type
 
 from nemo_reason.config.steps import STEP_CONFIGS, StepConfig
-
 from nemo_reason.registry import Registry
 
 STEPS: Registry = Registry("pipeline step type")
@@ -50,6 +52,9 @@ class StepContext:
     step_name: str
     input_checkpoint: Optional[Path] = None
     rank: int = 0
+    # This step's typed config (its pipeline entry) and the fingerprint of its config and input.
+    step: Optional[StepConfig] = None
+    fingerprint: Optional[str] = None
 
 
 @dataclass
@@ -58,3 +63,10 @@ class StepResult:
     metrics: dict = field(default_factory=dict)
     # False when the step stopped early (exit_interval, preemption): the pipeline stops too.
     completed: bool = True
+
+    @classmethod
+    def of(cls, result) -> "StepResult":
+        """From a training loop's :class:`~nemo_reason.training.loop.TrainResult`."""
+        metrics = {"final_step": result.final_step, "loss": result.last_loss, **result.eval,
+                   "tokens": result.tokens, "seconds": result.seconds}
+        return cls(result.checkpoint, metrics, completed=result.completed)

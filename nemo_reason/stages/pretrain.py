@@ -1,20 +1,43 @@
-"""``pretrain``: next-token prediction on the configured data, with Megatron's training loop.
+"""``pretrain``: next-token prediction on the configured data, over the shared training core.
 
-Takes an input checkpoint from the previous step when there is one (its weights only: the
-optimizer and schedule start fresh); resumes from its own checkpoints when re-run.
+Data (Megatron ``GPTDataset`` blends in phases), then the train state (model, DDP, optimizer,
+schedule; resumed from this step's own checkpoints, else the weights of the input checkpoint:
+the previous step's, or ``run.init_checkpoint``, with the optimizer and schedule fresh), then the
+shared loop with the LM loss over the dataset's micro-batches.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from nemo_reason.config.steps import StepConfig
 from nemo_reason.stages import StepContext, StepResult, register_step
 
 
-@register_step("pretrain", "next-token pretraining with Megatron-Core (GPTDataset, DDP, dist checkpoints)")
+@dataclass
+class PretrainConfig(StepConfig):
+    """Pretraining has no fields of its own: data, trainer and optim come from the run config
+    (set them for this step only under ``overrides``)."""
+
+
+@register_step("pretrain", "next-token pretraining with Megatron-Core (GPTDataset blends, DDP, dist checkpoints)",
+               config=PretrainConfig)
 def run(cfg, ctx: StepContext) -> StepResult:
     # Imported here so that `nemo-reason list/show` stay light (no Megatron import).
+    from nemo_reason.data.loader import build_data
+    from nemo_reason.training.accounting import loop_accounting
+    from nemo_reason.training.batches import DatasetBatches, dataset_evaluator
+    from nemo_reason.training.loop import run_loop
     from nemo_reason.training.losses import lm_forward_step
-    from nemo_reason.training.loop import train
+    from nemo_reason.training.state import build_train_state
 
-    result = train(cfg, ctx, ctx.step_dir, lm_forward_step, init_checkpoint=ctx.input_checkpoint)
-    return StepResult(result.checkpoint, {"final_step": result.final_step, "loss": result.last_loss},
-                      completed=result.completed)
+    data = build_data(cfg, ctx.dims.dp)
+    state = build_train_state(cfg, ctx, data.tokenizer.vocab_size, ckpt_root=ctx.step_dir / "checkpoints",
+                              init_checkpoint=ctx.input_checkpoint)
+    if ctx.rank == 0:
+        print(data.describe(state.step), flush=True)
+    result = run_loop(state, ctx, lm_forward_step, DatasetBatches(data.train, state.cfg.trainer, ctx.dims, data),
+                      max_steps=state.cfg.trainer.max_steps,
+                      evaluate=dataset_evaluator(data.valid, state.cfg.trainer, ctx.dims, lm_forward_step),
+                      **loop_accounting(state, ctx, data.tokenizer, data.stats))
+    return StepResult.of(result)

@@ -1,5 +1,6 @@
 """One set of gloo processes runs many parallel layouts, one after another.
 
+``tests.spawn.spawn(run_cases, N, args=(CASES.json,))`` (test_layouts.py), or by hand:
 ``python -m torch.distributed.run --nproc-per-node N tests/distributed/parity_worker.py CASES.json``
 
 Each case is a recipe, overrides and a run dir; the worker composes it exactly as
@@ -18,7 +19,8 @@ import time
 import traceback
 
 
-def main(cases_path: str) -> int:
+def run_cases(rank: int, cases_path: str) -> int:
+    """As rank ``rank`` (of the environment's WORLD_SIZE), run every case of ``cases_path`` in turn."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     from nemo_reason.worker import quiet_libraries
 
@@ -62,4 +64,4 @@ def main(cases_path: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    sys.exit(run_cases(int(os.environ.get("RANK", "0")), sys.argv[1]))

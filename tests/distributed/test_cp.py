@@ -1,6 +1,6 @@
 """Context parallelism, piece by piece, in two real gloo processes (CP=2) against one full sequence.
 
-One spawn (module fixture) runs every check on both ranks and writes its numbers; the tests read them:
+One spawn (module fixture) runs every check on both ranks and returns its numbers; the tests read them:
 
 - SDPA core attention (causal MHA, causal GQA, GQA with one group, no mask): each rank holds
   chunks ``r`` and ``3 - r`` of 4 of the sequence; its output and its q/k/v gradients (k/v's
@@ -17,13 +17,12 @@ End-to-end loss parity (dense, hybrid, TP x CP) lives in ``test_layouts.py``.
 
 from __future__ import annotations
 
-import json
-import os
 import types
-from pathlib import Path
 
 import pytest
 import torch
+
+from tests.spawn import spawn
 
 S, B, D = 32, 2, 8  # attention: sequence, batch, head size
 ATTN_CASES = {"causal_mha": (4, 4, "causal"), "causal_gqa": (4, 2, "causal"), "causal_gqa1": (4, 1, "causal"),
@@ -141,9 +140,7 @@ def _layout_checks(rank, cp_group):
             "rope": _max_err(rope(S), full(S)[expect])}
 
 
-def _worker(rank: int, port: int, out_dir: str) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+def _worker(rank: int) -> dict:
     torch.set_num_threads(1)
     from megatron.core import parallel_state
 
@@ -161,20 +158,14 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         result.update(_mamba_checks(rank, cp_group))
         result["layout"] = _layout_checks(rank, cp_group)
     finally:
-        Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result, indent=1))
         ParallelDims.destroy()
         torch.distributed.destroy_process_group()
+    return result
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory):
-    import torch.multiprocessing as mp
-
-    from nemo_reason.launch.ports import free_port
-
-    out = tmp_path_factory.mktemp("cp")
-    mp.spawn(_worker, args=(free_port(), str(out)), nprocs=2, join=True)
-    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+def results():
+    return [r.value for r in spawn(_worker, 2, timeout=300)]
 
 
 @pytest.mark.parametrize("case", sorted(ATTN_CASES))

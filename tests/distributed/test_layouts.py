@@ -5,20 +5,21 @@ single-process baseline of its model: the baseline saves its initial model (``tr
 and every layout starts from it with ``run.init_checkpoint`` (resharded by Megatron's
 dist_checkpointing), so a difference in the losses is a difference in the computation.
 
-Process start-up is shared: one set of processes per world size runs all its layouts in turn
-(``parity_worker.py``): world 1 (baselines), world 2 (each dimension alone), world 4 (combinations).
+Process start-up is shared: one set of processes per world size (``tests/spawn.py``) runs all its
+layouts in turn (``parity_worker.py``): world 1 (baselines), world 2 (each dimension alone), world 4
+(combinations).
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, assert_losses_close, losses
+from tests.conftest import assert_losses_close, losses
+from tests.distributed.parity_worker import run_cases
+from tests.spawn import SpawnError, spawn
 
 STEPS = 5
 COMMON = [f"trainer.max_steps={STEPS}", "trainer.log_every=1", "trainer.eval_every=0", "trainer.save_every=0",
@@ -83,17 +84,12 @@ def _spawn(workdir: Path, world: int, cases: dict, base: Path | None) -> None:
         spec.append({"recipe": recipe, "overrides": over, "run_dir": str(workdir / name)})
     cases_file = workdir / f"cases_world{world}.json"
     cases_file.write_text(json.dumps(spec, indent=1))
-    from nemo_reason.launch.ports import free_port
-
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", f"--nproc-per-node={world}",
-           f"--rdzv-endpoint=127.0.0.1:{free_port()}", "--rdzv-backend=c10d",
-           str(REPO / "tests" / "distributed" / "parity_worker.py"), str(cases_file)]
-    proc = subprocess.run(cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          timeout=900, env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
-    (workdir / f"world{world}.log").write_text(proc.stdout)
-    if proc.returncode != 0:
+    try:
+        spawn(run_cases, world, args=(str(cases_file),), cwd=workdir, workdir=workdir / f"world{world}_logs",
+              timeout=900)
+    except SpawnError as exc:
         errors = sorted(workdir.glob("*/error_rank*.txt"))
-        detail = errors[0].read_text() if errors else proc.stdout[-6000:]
+        detail = errors[0].read_text() if errors else str(exc)[-6000:]
         raise AssertionError(f"world {world} layouts failed ({errors[0].parent.name if errors else '?'}):\n{detail}")
 
 

@@ -9,6 +9,7 @@ checkpoint continues at TP=1, and a distributed-optimizer checkpoint saved at DP
 import pytest
 
 from tests.conftest import assert_losses_close, FAST, losses, run_cli
+from tests.spawn import torchrun
 
 
 @pytest.fixture(scope="module")
@@ -17,9 +18,8 @@ def workdir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def baseline(workdir):
-    run_cli(["run", "tiny", *FAST, "run.dir=base"], cwd=workdir)
-    return losses(workdir / "base" / "pretrain")
+def baseline(tiny_fast_baseline):
+    return tiny_fast_baseline  # `nemo-reason run tiny *FAST` in one process, once per session (conftest)
 
 
 def test_baseline_learns(baseline):
@@ -30,18 +30,8 @@ def test_baseline_learns(baseline):
 def torchrun_tp2(workdir):
     """Started by torchrun (as a cluster script would), `nemo-reason run` runs as that rank; the
     TP=2 run stops at step 3 (trainer.exit_interval) with a checkpoint."""
-    import subprocess
-    import sys
-
-    from nemo_reason.launch.ports import free_port
-
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc-per-node=2",
-           f"--rdzv-endpoint=127.0.0.1:{free_port()}", "--rdzv-backend=c10d",
-           "-m", "nemo_reason.cli", "run", "tiny", *FAST, "run.dir=tp2_then_tp1", "parallel.tp=2",
-           "launcher.nproc_per_node=2", "trainer.exit_interval=3"]
-    proc = subprocess.run(cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-4000:]
-    return proc
+    return torchrun(["-m", "nemo_reason.cli", "run", "tiny", *FAST, "run.dir=tp2_then_tp1", "parallel.tp=2",
+                     "launcher.nproc_per_node=2", "trainer.exit_interval=3"], 2, cwd=workdir, timeout=600)
 
 
 def test_under_torchrun_each_process_is_a_rank(workdir, baseline, torchrun_tp2):

@@ -4,13 +4,11 @@ step with no step lost or repeated. Marked slow (two 2-rank runs): `pytest -m sl
 
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 
-from tests.conftest import FAST, read_metrics, run_cli
+from tests.conftest import FAST, read_metrics, run_cli, start_cli
 
 
 @pytest.mark.slow
@@ -18,8 +16,7 @@ def test_local_launch_stops_on_signal_and_resumes(tmp_path):
     steps = 20
     args = ["launch", "tiny", "launcher=local", "launcher.nproc_per_node=2", *FAST,
             f"trainer.max_steps={steps}", "run.dir=loc"]
-    proc = subprocess.Popen([sys.executable, "-m", "nemo_reason.cli", *args], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = start_cli(args, cwd=tmp_path)
     metrics = tmp_path / "loc" / "pretrain" / "metrics.jsonl"
     try:
         deadline = time.time() + 300

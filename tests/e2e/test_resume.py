@@ -3,14 +3,11 @@ leaves a checkpoint that looks complete, and the next run resumes from the newes
 
 import os
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import FAST, losses, read_metrics, run_cli
+from tests.conftest import FAST, losses, read_metrics, run_cli, start_cli
 
 
 @pytest.fixture(scope="module")
@@ -19,9 +16,8 @@ def workdir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(workdir):
-    run_cli(["run", "tiny", *FAST, "run.dir=full"], cwd=workdir)
-    return losses(workdir / "full" / "pretrain")
+def uninterrupted(tiny_fast_baseline):
+    return tiny_fast_baseline  # `nemo-reason run tiny *FAST` in one process, once per session (conftest)
 
 
 def test_rerun_resumes_and_matches_uninterrupted(workdir, uninterrupted):
@@ -50,8 +46,7 @@ def test_rerun_resumes_and_matches_uninterrupted(workdir, uninterrupted):
 def test_kill_during_save_leaves_no_complete_looking_checkpoint(workdir, uninterrupted):
     args = [*FAST, "run.dir=killed", "trainer.save_every=1", "trainer.keep_last=0"]
     ckpts = workdir / "killed" / "pretrain" / "checkpoints"
-    proc = subprocess.Popen([sys.executable, "-m", "nemo_reason.cli", "run", "tiny", *args], cwd=workdir,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = start_cli(["run", "tiny", *args], cwd=workdir, output=False)
     killed_during_save = False
     deadline = time.time() + 240
     try:

@@ -111,8 +111,10 @@ def test_tiny_recipes_train_in_two_phases():
     (["data.blend=[{wieght:1,path:synthetic}]"], "data.blend: 'wieght' is not a field of BlendEntry (fields: weight, path)"),
 ])
 def test_blend_and_phase_errors_name_the_field_and_the_fix(overrides, needle):
+    from nemo_reason.preflight import preflight
+
     with pytest.raises(ConfigError) as e:
-        compose("tiny", overrides)
+        preflight(compose("tiny", overrides))  # missing files and bad sources: the preflight's
     assert needle in str(e.value)
 
 

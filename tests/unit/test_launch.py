@@ -12,7 +12,7 @@ import pytest
 
 from nemo_reason.config.schema import ConfigError
 from nemo_reason.config.store import compose
-from nemo_reason.launch import LAUNCHERS, load_builtin_launchers
+from nemo_reason.launch import LAUNCHERS, load_builtin_launchers, resolve_launcher, validate_launcher
 from nemo_reason.launch.job import LaunchRequest, cache_dir, render_template
 
 REPO = Path(__file__).resolve().parents[2]
@@ -22,8 +22,15 @@ DGX2 = ["launcher=slurm", "launcher.nodes=2", "launcher.partition=batch", "launc
         "launcher.container_mounts=[/lustre/data:/data:ro]", "+launcher.env.NCCL_SOCKET_IFNAME=ib0"]
 
 
+def for_launch(recipe, overrides, validate=True):
+    """The config as `nemo-reason launch` sees it: composed (pure), then the launch layer's sizes and rules."""
+    cfg = resolve_launcher(compose(recipe, overrides, validate=validate))
+    validate_launcher(cfg)
+    return cfg
+
+
 def render(recipe, overrides, cwd):
-    cfg = compose(recipe, overrides)
+    cfg = for_launch(recipe, overrides)
     req = LaunchRequest.create(recipe, overrides, cfg, cwd)
     return req, LAUNCHERS[cfg.launcher.type].render(req)
 
@@ -32,8 +39,9 @@ def test_three_launchers_are_registered_and_selected_by_the_group():
     assert {"local", "slurm", "docker"} <= set(load_builtin_launchers().names())
     for name in ("local", "slurm", "docker"):
         assert compose("tiny", [f"launcher={name}"]).launcher.type == name
+    compose("tiny", ["launcher.type=slurn"])  # config imports no launcher: the launch layer names them
     with pytest.raises(ConfigError, match="did you mean: slurm"):
-        compose("tiny", ["launcher.type=slurn"])
+        for_launch("tiny", ["launcher.type=slurn"])
 
 
 def test_nproc_per_node_defaults_to_one_rank_per_gpu():
@@ -42,7 +50,9 @@ def test_nproc_per_node_defaults_to_one_rank_per_gpu():
     lc = compose("tiny", ["launcher=slurm", *CPU2]).launcher
     assert (lc.gpus_per_node, lc.nproc_per_node, lc.world_size) == (0, 2, 2)
     assert compose("nemotron4_15b").launcher.nproc_per_node == 8  # launcher/dgx_h100 = slurm preset
-    local = compose("tiny", ["~launcher.nproc_per_node"], validate=False).launcher  # GPUs here, or 1 rank
+    local = compose("tiny", ["~launcher.nproc_per_node"], validate=False).launcher
+    assert local.nproc_per_node is None and not local.world_known  # composing looks at no machine
+    local = resolve_launcher(compose("tiny", ["~launcher.nproc_per_node"])).launcher  # GPUs here, or 1 rank
     assert local.type == "local" and local.nproc_per_node == max(1, local.gpus_per_node)
 
 
@@ -59,7 +69,7 @@ def test_nproc_per_node_defaults_to_one_rank_per_gpu():
 ])
 def test_launcher_fields_are_validated(overrides, needle):
     with pytest.raises(ConfigError) as e:
-        compose("tiny", overrides)
+        for_launch("tiny", overrides)
     assert needle in str(e.value)
 
 

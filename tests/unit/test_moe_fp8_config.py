@@ -56,13 +56,15 @@ def test_bad_moe_settings_are_named(recipe, overrides, needle):
       "trainer.fp8_num_layers_at_start_in_bf16=5"], "exceeds the layers per pipeline stage (4)"),
     (["model.hidden_size=72", "model.num_attention_heads=4"], "not a multiple of 16"),
     (["trainer.fp8_recipe=nvfp4"], "use delayed, tensorwise, blockwise or mxfp8"),
-    # ... then the machine: no CUDA here.
+    # ... then the machine (the preflight, where the job runs): no CUDA here.
     (["trainer.fp8_recipe=blockwise"], "needs an NVIDIA GPU"),
     ([], "needs an NVIDIA GPU"),
 ])
 def test_fp8_fails_before_any_work_with_the_reason(overrides, needle):
+    from nemo_reason.preflight import preflight
+
     with pytest.raises(ConfigError) as e:
-        compose("tiny", ["trainer.precision=fp8", *overrides])
+        preflight(compose("tiny", ["trainer.precision=fp8", *overrides]))
     assert needle in str(e.value)
 
 

@@ -130,12 +130,16 @@ def test_config_validation(tmp_path):
         DataConfig(tokenizer="gpt2").validate()
     with pytest.raises(ConfigError, match="needs data.tokenizer_path"):
         DataConfig(tokenizer="hf").validate()
+    DataConfig(tokenizer="sentencepiece", tokenizer_path=str(tmp_path / "x.model")).validate()  # reads no file
+    from nemo_reason.preflight import check_data
+
     with pytest.raises(ConfigError, match="not found.*train-tokenizer"):
-        DataConfig(tokenizer="sentencepiece", tokenizer_path=str(tmp_path / "x.model")).validate()
+        check_data(DataConfig(tokenizer="sentencepiece", tokenizer_path=str(tmp_path / "x.model")))
     with pytest.raises(ConfigError, match="reads no file"):
         DataConfig(tokenizer="byte", tokenizer_path="x").validate()
     folder, _ = _train_hf(tmp_path, with_config=False)
     DataConfig(tokenizer="hf", tokenizer_path=str(folder)).validate()
+    check_data(DataConfig(tokenizer="hf", tokenizer_path=str(folder)))
     assert parse_tokenizer_arg("bundled") == ("bundled", None)
     assert parse_tokenizer_arg(str(folder)) == ("hf", str(folder))
     with pytest.raises(TokenizerError, match="neither a registered tokenizer"):
