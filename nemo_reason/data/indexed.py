@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Iterable, Iterator, List, Optional
 
 import numpy as np
-import torch
-from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+
+# torch and Megatron's IndexedDatasetBuilder are imported where a dataset is written: the cache helpers
+# here serve light commands too (`plan`, `show-checkpoint`, the bundled tokenizer's cache).
 
 
 def cache_root(cache_dir: str) -> Path:
@@ -47,6 +48,9 @@ def write_indexed(prefix: str | Path, docs: Iterable[str], tokenizer, dtype=np.i
     prefix = Path(prefix)
     prefix.parent.mkdir(parents=True, exist_ok=True)
     tmp = prefix.with_name(prefix.name + f".tmp{os.getpid()}")
+    import torch
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+
     builder = IndexedDatasetBuilder(f"{tmp}.bin", dtype=dtype)
     counts: Counter = Counter()
     n_docs = 0
@@ -109,6 +113,8 @@ class IndexedWriter:
         self.prefix = str(prefix)
         Path(self.prefix).parent.mkdir(parents=True, exist_ok=True)
         self.tmp = f"{self.prefix}.tmp{os.getpid()}"
+        from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+
         self.builder = IndexedDatasetBuilder(f"{self.tmp}.bin", dtype=dtype)
         self.documents = 0
         self.tokens = 0

@@ -30,9 +30,9 @@ def vocab_of(cfg) -> int:
     if cfg.model.vocab_size:
         return cfg.model.vocab_size
     try:
-        from nemo_reason.data.tokenizer import build_tokenizer
+        from nemo_reason.data.vocab import vocab_size_of
 
-        return build_tokenizer(cfg.data.tokenizer, cfg.data.tokenizer_path, cfg.data.cache_dir).vocab_size
+        return vocab_size_of(cfg.data.tokenizer, cfg.data.tokenizer_path, cfg.data.cache_dir)
     except Exception as err:  # noqa: BLE001 - any failure: ask for the size instead
         raise ConfigError(f"cannot size the vocabulary from data.tokenizer={cfg.data.tokenizer!r} ({err}); "
                           "set model.vocab_size") from None

@@ -224,4 +224,17 @@ def run_pipeline(cfg: RunConfig, dims) -> List[StepResult]:
                                                  "metrics": result.metrics, "seconds": time.time() - t0})
         _barrier()
         prev_ckpt = result.checkpoint
+        if i + 1 < last and _stop_requested():
+            # SIGTERM / the preemption signal during a step that checks no flag (one that trains
+            # nothing): stop between steps; the same command continues with the next one.
+            from nemo_reason.training import preemption
+
+            preemption.record(run_dir, name, int(result.metrics.get("final_step") or 0), prev_ckpt)
+            break
     return results
+
+
+def _stop_requested() -> bool:
+    from nemo_reason.training import preemption
+
+    return preemption.agreed()

@@ -146,9 +146,13 @@ def build_train_state(cfg: RunConfig, ctx, vocab_size: int, *, ckpt_root: Option
         for c in chunks:
             c.eval()
             c.requires_grad_(False)
-        state = TrainState(cfg, chunks, chunks, None, None, num_params=num_params)
+        tcfg = chunks[0].config
+        frozen = [Float16Module(tcfg, c) for c in chunks] if (tcfg.bf16 or tcfg.fp16) else chunks
+        state = TrainState(cfg, chunks, frozen, None, None, num_params=num_params)
+        if note:
+            state.notes.append(note)
         if init_checkpoint is not None:
-            ckpt.load(init_checkpoint, chunks, None, None, load_optimizer=False, model_cfg=cfg.model,
+            ckpt.load(init_checkpoint, frozen, None, None, load_optimizer=False, model_cfg=cfg.model,
                       vocab_size=vocab_size)
             state.initialised_from = init_checkpoint
         return state
