@@ -16,7 +16,8 @@ process (torch import, rendezvous) that ``spawn`` does not.
 
 Left out: several nodes, restarts (elastic), GPUs. The parent imports nothing heavy (no torch), so
 using this from a test module costs nothing at collection. CLI runs (``nemo-reason run ...
-launcher.nproc_per_node=2``, the launcher under test) go through ``tests.conftest.run_cli``.
+launcher.nproc_per_node=2``, the launcher under test) go through ``tests.conftest.run_cli`` (or
+``start_cli`` for a run the test signals or kills).
 """
 
 from __future__ import annotations
