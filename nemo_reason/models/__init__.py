@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 
-# model.type -> module holding build_model(cfg, vocab_size)
+# model.type -> module holding build_model(cfg, vocab_size, dims)
 BUILDERS = {
     "gpt": "nemo_reason.models.gpt",        # dense GPTModel (Nemotron-4 style)
     "moe": "nemo_reason.models.gpt",        # GPTModel with MoE layers (Mixtral, Qwen2-MoE)
@@ -17,11 +17,12 @@ BUILDERS = {
 }
 
 
-def build_model(cfg, vocab_size: int):
-    """Model chunks of this rank (one per virtual pipeline stage), on this rank's device."""
+def build_model(cfg, vocab_size: int, dims=None):
+    """Model chunks of this rank (one per virtual pipeline stage), on this rank's device; ``dims``
+    is the step's resolved layout (``ctx.dims``), else ``cfg.parallel`` is read."""
     if cfg.model.type not in BUILDERS:
         raise ValueError(f"model.type={cfg.model.type!r} has no builder; known: {', '.join(BUILDERS)}")
-    return importlib.import_module(BUILDERS[cfg.model.type]).build_model(cfg, vocab_size)
+    return importlib.import_module(BUILDERS[cfg.model.type]).build_model(cfg, vocab_size, dims)
 
 
 def __getattr__(name):

@@ -34,9 +34,12 @@ _ACTIVATIONS = {
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp8": torch.bfloat16}
 
 
-def transformer_config(cfg: RunConfig, backend: str, **extra) -> TransformerConfig:
-    """Megatron's TransformerConfig for this run; ``extra`` adds fields other model types need."""
-    m, p, t = cfg.model, cfg.parallel, cfg.trainer
+def transformer_config(cfg: RunConfig, backend: str, dims=None, **extra) -> TransformerConfig:
+    """Megatron's TransformerConfig for this run; ``extra`` adds fields other model types need.
+    ``dims``: the step's resolved layout (``ParallelDims``, from the step context); without it,
+    ``cfg.parallel`` (tools and tests that build a model outside a run)."""
+    m, t = cfg.model, cfg.trainer
+    p = dims if dims is not None else cfg.parallel
     act, gated = _ACTIVATIONS[m.activation]
     dtype = _DTYPES[t.precision]
     on_cuda = cuda_available()
@@ -127,12 +130,13 @@ def moe_transformer_kwargs(m, backend: str) -> dict:
     return kw
 
 
-def build_model(cfg: RunConfig, vocab_size: int) -> List[GPTModel]:
+def build_model(cfg: RunConfig, vocab_size: int, dims=None) -> List[GPTModel]:
     """Model chunks of this rank (one per virtual pipeline stage), on this rank's device."""
     backend = select(cfg.model.backend)
-    tcfg = transformer_config(cfg, backend)
-    padded = padded_vocab_size(vocab_size, cfg.model.make_vocab_size_divisible_by, cfg.parallel.tp)
-    vpp = cfg.parallel.vpp
+    p = dims if dims is not None else cfg.parallel
+    tcfg = transformer_config(cfg, backend, dims)
+    padded = padded_vocab_size(vocab_size, cfg.model.make_vocab_size_divisible_by, p.tp)
+    vpp = p.vpp
     chunks = []
     for vp_stage in range(vpp or 1):
         stage = vp_stage if vpp else None

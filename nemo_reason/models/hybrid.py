@@ -30,10 +30,10 @@ from nemo_reason.models.gpt import transformer_config
 from nemo_reason.models.pattern import allocate
 
 
-def hybrid_transformer_config(cfg: RunConfig, backend: str):
+def hybrid_transformer_config(cfg: RunConfig, backend: str, dims=None):
     m = cfg.model
     return transformer_config(
-        cfg, backend,
+        cfg, backend, dims,
         is_hybrid_model=True,
         mamba_state_dim=m.mamba_state_dim,
         mamba_head_dim=m.mamba_head_dim,
@@ -48,17 +48,18 @@ def layer_types(cfg: RunConfig) -> List[str]:
     return allocate(m.num_layers, m.hybrid_attention_ratio, m.hybrid_mlp_ratio, m.hybrid_pattern)
 
 
-def build_model(cfg: RunConfig, vocab_size: int) -> List[MambaModel]:
+def build_model(cfg: RunConfig, vocab_size: int, dims=None) -> List[MambaModel]:
     """This rank's model (a list of one chunk: Megatron's ``MambaStack`` has no virtual stages)."""
     from megatron.core import parallel_state
 
     backend = select(cfg.model.backend)
     m = cfg.model
-    tcfg = hybrid_transformer_config(cfg, backend)
+    tcfg = hybrid_transformer_config(cfg, backend, dims)
+    tp = (dims if dims is not None else cfg.parallel).tp
     model = MambaModel(
         config=tcfg,
         mamba_stack_spec=hybrid_stack_spec(backend, chunk_size=m.mamba_chunk_size),
-        vocab_size=padded_vocab_size(vocab_size, m.make_vocab_size_divisible_by, cfg.parallel.tp),
+        vocab_size=padded_vocab_size(vocab_size, m.make_vocab_size_divisible_by, tp),
         max_sequence_length=m.max_position_embeddings,
         pre_process=parallel_state.is_pipeline_first_stage(),
         post_process=parallel_state.is_pipeline_last_stage(),

@@ -140,7 +140,7 @@ def build_train_state(cfg: RunConfig, ctx, vocab_size: int, *, ckpt_root: Option
     if build_optimizer_state and ckpt_root is not None and cfg.run.resume:
         latest = ckpt.find_resumable(ckpt_root)
     cfg, note = architecture_from(cfg, latest or init_checkpoint)
-    chunks = build_model(cfg, vocab_size)
+    chunks = build_model(cfg, vocab_size, ctx.dims)
     num_params = sum(p.numel() for c in chunks for p in c.parameters())
     if not build_optimizer_state:
         for c in chunks:
