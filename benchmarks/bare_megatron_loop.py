@@ -2,7 +2,7 @@
 but what CPU execution needs (the CPU-compatibility redirections and, with --attention sdpa, the
 portable core attention).
 
-Same model and batch shape as `nemo-reason run tiny`: Megatron GPTModel (local spec), DDP,
+Same model (vocabulary included) and batch shape as `nemo-reason run tiny`: Megatron GPTModel (local spec), DDP,
 get_megatron_optimizer, get_forward_backward_func, on pre-made random batches; no data pipeline,
 logging, metrics, loss all-reduce or checkpoints. Prints one JSON line with tokens/s.
 
@@ -34,7 +34,9 @@ def main():
     from nemo_reason.backend import dist as bdist
     from nemo_reason.backend.portable.attention import SDPACoreAttention
     from nemo_reason.config.store import compose
+    from nemo_reason.data.vocab import vocab_size_of
     from nemo_reason.models.gpt import transformer_config
+    from nemo_reason.models.vocab import padded_vocab_size
 
     cfg = compose("tiny")
     t = cfg.trainer
@@ -47,7 +49,11 @@ def main():
     spec = get_gpt_layer_local_spec(normalization=cfg.model.normalization)
     if args.attention == "sdpa":
         spec.submodules.self_attention.submodules.core_attention = SDPACoreAttention
-    model = GPTModel(tcfg, spec, vocab_size=384, max_sequence_length=cfg.model.max_position_embeddings,
+    # The recipe's vocabulary (its tokenizer's, padded as the model builder pads it): the output layer
+    # is a large share of a tiny model's FLOPs.
+    vocab = vocab_size_of(cfg.data.tokenizer, cfg.data.tokenizer_path, cfg.data.cache_dir)
+    padded = padded_vocab_size(vocab, cfg.model.make_vocab_size_divisible_by, 1)
+    model = GPTModel(tcfg, spec, vocab_size=padded, max_sequence_length=cfg.model.max_position_embeddings,
                      share_embeddings_and_output_weights=False, position_embedding_type="rope")
     ddp = DistributedDataParallel(tcfg, DistributedDataParallelConfig(grad_reduce_in_fp32=True), model)
     opt = get_megatron_optimizer(OptimizerConfig(optimizer="adam", lr=1e-3, weight_decay=0.1, clip_grad=1.0), [ddp])
@@ -56,7 +62,7 @@ def main():
     tcfg.grad_scale_func = opt.scale_loss
     n_micro = t.global_batch_size // t.micro_batch_size
     g = torch.Generator().manual_seed(0)
-    tokens = torch.randint(0, 258, (n_micro, t.micro_batch_size, t.seq_length + 1), generator=g)
+    tokens = torch.randint(0, vocab, (n_micro, t.micro_batch_size, t.seq_length + 1), generator=g)
     pos = torch.arange(t.seq_length).unsqueeze(0).expand(t.micro_batch_size, -1)
 
     def forward_step(it, m):
