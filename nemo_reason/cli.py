@@ -7,6 +7,9 @@
     nemo-reason list                            recipes, pipeline step types (with their fields), launchers
     nemo-reason show-checkpoint PATH [--json]   architecture, step, tokens, parameters, tokenizer of a
                                                 checkpoint, with no recipe at hand (checkpoint/commands.py)
+    nemo-reason eval CHECKPOINT --tasks math,mcq,code [...]    pass@1, pass@k, maj@k, response length
+    nemo-reason generate CHECKPOINT --prompt TEXT | --input FILE [sampling options]
+                                                sample from a checkpoint (evaluation/commands.py)
     nemo-reason plan RECIPE [overrides...] [--gpus N] [--json] [--step-time S]
                                                 check the parallel layout, size parameters, FLOPs,
                                                 per-GPU memory and MFU without running anything
@@ -224,6 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     from nemo_reason.checkpoint.commands import add_checkpoint_commands
 
     add_checkpoint_commands(sub)  # show-checkpoint
+    from nemo_reason.evaluation.commands import add_eval_commands
+
+    add_eval_commands(sub)  # eval, generate
     return parser
 
 

@@ -87,7 +87,7 @@ def _file_identity(path: str) -> Optional[list]:
     return [st.st_size, st.st_mtime_ns]
 
 
-def data_identity(scfg: RunConfig) -> dict:
+def data_identity(scfg: RunConfig, step=None) -> dict:
     """Size and modification time of the data files a step reads (a re-prepared dataset at the same
     path changes the fingerprint); named sources are generated deterministically from their name."""
     d = scfg.data
@@ -99,6 +99,8 @@ def data_identity(scfg: RunConfig) -> dict:
         if p.startswith(("synthetic", "bundled:")):
             continue
         out[p] = [_file_identity(p + ".bin"), _file_identity(p + ".idx")]
+    if getattr(step, "input", ""):  # a file the step itself reads (e.g. an eval step's JSONL)
+        out[step.input] = _file_identity(step.input)
     if d.tokenizer_path:
         tp = os.path.expanduser(d.tokenizer_path)
         out[d.tokenizer_path] = _file_identity(os.path.join(tp, "tokenizer.json") if os.path.isdir(tp) else tp)
@@ -187,7 +189,7 @@ def run_pipeline(cfg: RunConfig, dims) -> List[StepResult]:
     for i, (step, name) in enumerate(list(zip(cfg.pipeline, names))[:last]):
         scfg = step_config(cfg, step)
         step_dir = run_dir / name
-        fields, inp, data = resolved_fields(scfg, step), input_identity(prev_ckpt), data_identity(scfg)
+        fields, inp, data = resolved_fields(scfg, step), input_identity(prev_ckpt), data_identity(scfg, step)
         fp = fingerprint(fields, inp, data)
         action, why = decide(step_dir, fp, fields, inp, data)
         if rank == 0:
