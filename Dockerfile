@@ -9,7 +9,9 @@ ENV PIP_NO_CACHE_DIR=1 \
     PYTHONUNBUFFERED=1 \
     CUDA_DEVICE_MAX_CONNECTIONS=1
 
-# bubblewrap: the sandbox that runs code-reward completions (nemo_reason/rewards/sandbox.py).
+# bubblewrap: the sandbox that runs code-reward completions (nemo_reason/rewards/sandbox.py). Not pinned:
+# the version is the base image's distribution's (Ubuntu in the NGC container).
+# hadolint ignore=DL3008
 RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends bubblewrap \
     && rm -rf /var/lib/apt/lists/*
 

@@ -121,7 +121,12 @@ def cmd_run(ns) -> int:
     if nproc == 1 and rdzv is None:
         from nemo_reason.worker import run_worker
 
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        # This process is the whole world: its rendezvous is ours to place (a MASTER_PORT inherited
+        # from a parent job could be taken).
+        from nemo_reason.ports import free_port
+
+        os.environ["MASTER_ADDR"] = os.environ.get("MASTER_ADDR", "127.0.0.1")
+        os.environ["MASTER_PORT"] = str(cfg.launcher.master_port or free_port())
         return run_worker(cfg)
     path = run_dir / ("launch_config.yaml" if rdzv is None else f"launch_config.node{rdzv.node_rank}.yaml")
     path.write_text(to_yaml(cfg))

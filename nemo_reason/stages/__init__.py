@@ -56,6 +56,16 @@ class StepContext:
     step: Optional[StepConfig] = None
     fingerprint: Optional[str] = None
 
+    def require_input(self) -> Path:
+        """The input checkpoint of a step that measures or transforms one (eval, prune, ...)."""
+        if self.input_checkpoint is None:
+            from nemo_reason.config.errors import ConfigError
+
+            kind = self.step.type if self.step is not None else "this step"
+            raise ConfigError(f"step '{self.step_name}' ({kind}) needs a checkpoint to start from: put it after a "
+                              "training step, or start the pipeline from one with run.init_checkpoint=PATH")
+        return self.input_checkpoint
+
 
 @dataclass
 class StepResult:

@@ -118,15 +118,12 @@ def build_tasks(step, sources):
 def run(cfg, ctx: StepContext) -> StepResult:
     from megatron.core import parallel_state
 
-    from nemo_reason.checkpoint.meta import load_tokenizer
     from nemo_reason.evaluation.run import evaluate, format_table, metric_items
     from nemo_reason.evaluation.tasks import describe_task, training_sources
-    from nemo_reason.training.state import build_train_state
+    from nemo_reason.training.state import build_frozen_state
 
     step: EvalConfig = ctx.step
-    if ctx.input_checkpoint is None:
-        raise ConfigError(f"step '{ctx.step_name}' (eval) measures a checkpoint: put it after a training step, "
-                          "or start the pipeline from one with run.init_checkpoint=PATH")
+    ctx.require_input()
     if ctx.dims.pp > 1 or ctx.dims.cp > 1:
         raise ConfigError(f"step '{ctx.step_name}' (eval): generation runs without pipeline or context "
                           "parallelism; set overrides: {parallel.pp: 1, parallel.cp: 1} on this step")
@@ -134,9 +131,7 @@ def run(cfg, ctx: StepContext) -> StepResult:
     if ctx.rank == 0:
         for t in tasks:
             print(f"[eval] {describe_task(t, step.n)}", flush=True)
-    tok = load_tokenizer(ctx.input_checkpoint, cfg.data.cache_dir)
-    state = build_train_state(cfg, ctx, tok.vocab_size, init_checkpoint=ctx.input_checkpoint,
-                              build_optimizer_state=False)
+    state, tok = build_frozen_state(cfg, ctx)
     dp = None
     if ctx.dims.dp > 1:
         dp = (ctx.dims.dp_rank, ctx.dims.dp, parallel_state.get_data_parallel_group())

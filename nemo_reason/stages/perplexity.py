@@ -38,18 +38,13 @@ class PerplexityConfig(StepConfig):
 @register_step("perplexity", "LM loss and perplexity of the input checkpoint on held-out text (no training)",
                config=PerplexityConfig)
 def run(cfg, ctx: StepContext) -> StepResult:
-    from nemo_reason.checkpoint.meta import load_tokenizer, read_meta
+    from nemo_reason.checkpoint.meta import read_meta
     from nemo_reason.data.loader import build_datasets, resolve_blend
     from nemo_reason.training.batches import dataset_evaluator
-    from nemo_reason.training.state import build_train_state
+    from nemo_reason.training.state import build_frozen_state
 
     step: PerplexityConfig = ctx.step
-    if ctx.input_checkpoint is None:
-        raise ConfigError(f"step '{ctx.step_name}' (perplexity) measures a checkpoint: put it after a training "
-                          "step, or start the pipeline from one with run.init_checkpoint=PATH")
-    tok = load_tokenizer(ctx.input_checkpoint, cfg.data.cache_dir)
-    state = build_train_state(cfg, ctx, tok.vocab_size, init_checkpoint=ctx.input_checkpoint,
-                              build_optimizer_state=False)
+    state, tok = build_frozen_state(cfg, ctx)
     t = state.cfg.trainer
     n = step.batches * t.global_batch_size
     if step.blend:

@@ -180,3 +180,14 @@ def build_train_state(cfg: RunConfig, ctx, vocab_size: int, *, ckpt_root: Option
         if rank == 0:
             print(f"[nemo-reason] initialised weights from {init_checkpoint}", flush=True)
     return state
+
+
+def build_frozen_state(cfg: RunConfig, ctx) -> tuple:
+    """``(state, tokenizer)`` of a step that runs the model of its input checkpoint without training
+    it (evaluation, a distillation teacher): the architecture and the tokenizer as the checkpoint
+    records them, weights loaded, no DDP or optimizer."""
+    from nemo_reason.checkpoint.meta import load_tokenizer
+
+    ckpt_dir = ctx.require_input()
+    tok = load_tokenizer(ckpt_dir, cfg.data.cache_dir)
+    return build_train_state(cfg, ctx, tok.vocab_size, init_checkpoint=ckpt_dir, build_optimizer_state=False), tok

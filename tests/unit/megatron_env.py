@@ -14,8 +14,7 @@ def megatron_single():
     from nemo_reason.launch.ports import free_port
     from nemo_reason.parallel import ParallelDims
 
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
-        os.environ.pop(k, None)
+    saved = {k: os.environ.pop(k, None) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
     os.environ["MASTER_PORT"] = str(free_port())
     bdist.init_process_group()
     prepare("local")
@@ -25,3 +24,9 @@ def megatron_single():
     yield dims
     ParallelDims.destroy()
     dist.destroy_process_group()
+    # Leave the environment as found: CLI runs started later by other tests inherit it.
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v

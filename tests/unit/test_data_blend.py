@@ -28,14 +28,19 @@ def gloo_world_of_one():
     from nemo_reason.launch.ports import free_port
 
     created = not dist.is_initialized()
+    saved = {}
     if created:
-        for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
-            os.environ.pop(k, None)
+        saved = {k: os.environ.pop(k, None) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
         os.environ["MASTER_PORT"] = str(free_port())
         bdist.init_process_group()
     yield
     if created:
         dist.destroy_process_group()
+    for k, v in saved.items():  # leave the environment as found (later CLI runs inherit it)
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 def _data(tmp_path, *extra, cache="cache"):
