@@ -23,8 +23,21 @@ the same number of unmasked scores (SDPA with a dense mask still computes the ma
 Memory per rank is O(sq * C * sq) for the mask and scores, fine on the CPU and for moderate
 lengths; TE's ring attention (``model.backend=te``) is the path for long sequences on GPUs. Supported under CP: causal and no-mask self-attention with MHA or GQA.
 
-Left out: packed sequences (THD), attention bias, sliding windows, softmax offsets, explicit
-attention masks and KV-cache decoding under context parallelism; each raises a clear error.
+Packed sequences (several documents in one row, Megatron's ``PackedSeqParams``): with
+``qkv_format="thd"``, the path Megatron's ``GPTModel``/``MambaModel`` take for packing (tokens
+``[1, t]``, RoPE restarted per document by ``apply_rotary_pos_emb(..., cu_seqlens=...)``),
+``Attention`` squeezes the batch and this module receives query ``[t, np, hn]``, key/value
+``[t, ng, hn]`` and returns ``[t, np * hn]``. ``qkv_format="sbhd"`` with batch 1 is accepted too
+(tensors ``[t, 1, ., hn]``, output ``[t, 1, np * hn]``), but there Megatron's RoPE does not restart:
+positions run on over the whole row. In both, each token attends only to earlier tokens of its own
+document: a block-diagonal causal mask built from ``cu_seqlens_q``/``cu_seqlens_kv`` (their
+``_padded`` variants when given, as Megatron's mixer and RoPE use); tokens past the last boundary
+form one more document, as in Megatron's ``MambaMixer._create_packed_seq_idx``. The mask is dense
+(``[t, t]``), fine on the CPU; TE's varlen kernels (``model.backend=te``) are the path for long packs.
+
+Left out: packed sequences with batch > 1 or under context parallelism, attention bias, sliding
+windows, softmax offsets, explicit attention masks and KV-cache decoding under context parallelism;
+each raises a clear error.
 """
 
 from __future__ import annotations
@@ -47,6 +60,22 @@ def cp_positions(cp_size: int, cp_rank: int, local_len: int, device=None) -> tor
     first, second = cp_rank, 2 * cp_size - 1 - cp_rank
     return torch.cat([torch.arange(first * c, (first + 1) * c, device=device),
                       torch.arange(second * c, (second + 1) * c, device=device)])
+
+
+def packed_doc_ids(cu_seqlens_padded, cu_seqlens, total: int) -> torch.Tensor:
+    """Document index of each of ``total`` packed tokens from cumulative lengths ``[0, l0, l0 + l1, ...]``
+    (the padded ones when given); tokens past the last boundary get one more index (Megatron's
+    ``MambaMixer._create_packed_seq_idx``). Returns ``[total]`` long."""
+    cu = cu_seqlens_padded if cu_seqlens_padded is not None else cu_seqlens
+    if cu is None:
+        raise ValueError("packed_seq_params needs cu_seqlens_q/cu_seqlens_kv (cumulative document lengths "
+                         "[0, l0, l0 + l1, ..., t])")
+    cu = cu.to(torch.long).flatten()
+    if cu.numel() < 2 or int(cu[0]) != 0 or int(cu[-1]) > total or bool((cu[1:] < cu[:-1]).any()):
+        raise ValueError(f"cu_seqlens must start at 0, not decrease and end at most at the {total} packed "
+                         f"tokens; got {cu.tolist()}")
+    lengths = torch.diff(torch.cat([cu, cu.new_tensor([total])]))
+    return torch.repeat_interleave(torch.arange(lengths.numel(), device=cu.device), lengths)
 
 
 class SDPACoreAttention(MegatronModule):
@@ -110,11 +139,11 @@ class SDPACoreAttention(MegatronModule):
         attention_bias: Optional[torch.Tensor] = None,
         packed_seq_params=None,
     ) -> torch.Tensor:
-        if packed_seq_params is not None:
-            raise NotImplementedError("packed sequences need model.backend=te")
         if attention_bias is not None:
             raise NotImplementedError("attention bias needs model.backend=te")
         mask_type = attn_mask_type if attn_mask_type is not None else self.attn_mask_type
+        if packed_seq_params is not None:
+            return self._packed(query, key, value, attention_mask, mask_type, packed_seq_params)
         sq, b = query.shape[0], query.shape[1]
         if self.cp_size > 1:
             key, value, mask = self._gather_kv_over_cp(query, key, value, attention_mask, mask_type)
@@ -146,6 +175,40 @@ class SDPACoreAttention(MegatronModule):
         )
         # [b, h, sq, d] -> [sq, b, h * d]
         return context.permute(2, 0, 1, 3).reshape(sq, b, self.hidden_size_per_partition)
+
+    def _packed(self, query, key, value, attention_mask, mask_type, packed_seq_params):
+        """Packed documents in one row: ``thd`` ``[t, n, hn]`` (or ``sbhd`` ``[t, 1, n, hn]``) ->
+        ``[t, np * hn]`` (``[t, 1, np * hn]``), with a block-diagonal (causal) mask."""
+        fmt = packed_seq_params.qkv_format
+        if self.cp_size > 1:
+            raise NotImplementedError("packed sequences under context parallelism need model.backend=te; "
+                                      "run packed batches with parallel.cp=1")
+        if attention_mask is not None:
+            raise NotImplementedError("packed sequences take their mask from cu_seqlens; pass attention_mask=None")
+        if fmt == "thd":
+            if query.dim() != 3:
+                raise ValueError(f"packed qkv_format='thd' needs query [t, heads, head_dim], got {tuple(query.shape)}")
+            q, k, v = (t.unsqueeze(1) for t in (query, key, value))              # [t, 1, n, hn]
+        elif fmt in (None, "sbhd"):
+            if query.shape[1] != 1:
+                raise NotImplementedError(f"packed sequences hold one row (batch 1), got batch {query.shape[1]}; "
+                                          "pack several documents into one row of tokens [1, t]")
+            q, k, v = query, key, value
+        else:
+            raise NotImplementedError(f"packed qkv_format={fmt!r}: use 'thd' (or 'sbhd' with batch 1)")
+        sq, sk = q.shape[0], k.shape[0]
+        doc_q = packed_doc_ids(packed_seq_params.cu_seqlens_q_padded, packed_seq_params.cu_seqlens_q, sq)
+        doc_k = packed_doc_ids(packed_seq_params.cu_seqlens_kv_padded, packed_seq_params.cu_seqlens_kv, sk)
+        mask = doc_q[:, None] == doc_k[None, :]                                    # [sq, sk]
+        if mask_type in (AttnMaskType.causal, AttnMaskType.padding_causal):
+            mask = mask & torch.ones(sq, sk, dtype=torch.bool, device=q.device).tril(diagonal=sk - sq)
+        q, k, v = (t.permute(1, 2, 0, 3) for t in (q, k, v))                        # [1, n, s, hn]
+        context = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask.to(q.device), dropout_p=self.dropout_p if self.training else 0.0,
+            scale=self.softmax_scale, enable_gqa=self.num_heads != self.num_groups,
+        )
+        context = context.permute(2, 0, 1, 3).reshape(sq, 1, self.hidden_size_per_partition)
+        return context.squeeze(1) if fmt == "thd" else context
 
     def _gather_kv_over_cp(self, query, key, value, attention_mask, mask_type):
         """All-gather K and V over the CP group; the mask of local queries against all keys

@@ -34,9 +34,16 @@ of ``conv1d``, ``dt_bias``, ``A_log`` and ``D`` for its heads (``self.cp.get_*``
 do not depend on CP. Heads per TP rank must divide by cp; B/C groups per TP rank must divide by cp,
 or cp by them (a group's state is then replicated over the CP ranks that share its heads).
 
-Left out (clear errors): packed sequences (``seq_idx``), dynamic batching, generation under context
-parallelism, ``rmsnorm=False`` under context parallelism (Megatron asserts it too), ``bias=True`` and
-``norm_before_gate=True`` (Megatron asserts those two as well).
+Packed sequences (Megatron's ``PackedSeqParams``, several documents in one row ``[l, 1, d_model]``):
+as Megatron's ``_ssm_training``, the document index of each token, ``seq_idx [1, l]``, comes from
+``cu_seqlens_q_padded`` (or ``cu_seqlens_q``), tokens past the last boundary forming one more
+document; the causal conv1d takes no taps across documents and the SSD scan carries no state
+across them, so each document's output equals running it alone. ``qkv_format`` does not matter here.
+
+Left out (clear errors): packed sequences with batch > 1, under context parallelism or in generation,
+dynamic batching, generation under context parallelism, ``rmsnorm=False`` under context parallelism
+(Megatron asserts it too), ``bias=True`` and ``norm_before_gate=True`` (Megatron asserts those two
+as well).
 """
 
 from __future__ import annotations
@@ -60,6 +67,7 @@ from megatron.core.transformer.utils import (
 )
 from megatron.core.utils import deprecate_inference_params
 
+from nemo_reason.backend.portable.attention import packed_doc_ids
 from nemo_reason.backend.portable.mamba_sharding import CONV_NAMES, IN_PROJ_NAMES, MambaDims, split_factory
 from nemo_reason.ops import (
     RMSNormGated,
@@ -217,8 +225,7 @@ class PortableMambaMixer(MegatronModule):
         """hidden_states ``[l, b, d_model]`` -> ``(out [l, b, d_model], out_bias)``."""
         inference_context = deprecate_inference_params(inference_context, inference_params)
         if packed_seq_params is not None:
-            raise NotImplementedError("packed sequences in Mamba layers need mamba-ssm kernels "
-                                      "(model.backend=te on CUDA)")
+            self._check_packed(hidden_states, inference_context)
         conv_state = ssm_state = None
         if inference_context is not None and not self.training:
             if self.cp.cp_size > 1:
@@ -230,14 +237,29 @@ class PortableMambaMixer(MegatronModule):
             if inference_context.sequence_len_offset > 0:
                 return self._decode(hidden_states, conv_state, ssm_state)
         zxBCdt, _ = self.in_proj(hidden_states)
-        return self.out_proj(self._scan(zxBCdt, conv_state, ssm_state))
+        seq_idx = None
+        if packed_seq_params is not None:  # Megatron's _create_packed_seq_idx, over in_proj's (gathered) length
+            seq_idx = packed_doc_ids(packed_seq_params.cu_seqlens_q_padded, packed_seq_params.cu_seqlens_q,
+                                     zxBCdt.shape[0]).to(device=zxBCdt.device, dtype=torch.int32)[None]
+        return self.out_proj(self._scan(zxBCdt, conv_state, ssm_state, seq_idx))
+
+    def _check_packed(self, hidden_states, inference_context):
+        b = hidden_states.shape[1]
+        if b != 1:
+            raise NotImplementedError(f"packed sequences hold one row (batch 1), got batch {b}; pack several "
+                                      "documents into one row of tokens [1, l]")
+        if self.cp.cp_size > 1:
+            raise NotImplementedError("packed sequences in the portable Mamba mixer run with parallel.cp=1")
+        if inference_context is not None and not self.training:
+            raise NotImplementedError("generation takes one sequence per batch row, not packed_seq_params")
 
     def _split(self, zxBCdt):
         d = self.dims
         return torch.split(zxBCdt, [d.d_inner_local, sum(d.conv_sections()), d.nheads_local], dim=-1)
 
-    def _scan(self, zxBCdt, conv_state=None, ssm_state=None):
-        """Full-sequence path: ``[l, b, in_proj]`` -> ``[l, b, d_inner]`` (fills the states when given).
+    def _scan(self, zxBCdt, conv_state=None, ssm_state=None, seq_idx=None):
+        """Full-sequence path: ``[l, b, in_proj]`` -> ``[l, b, d_inner]`` (fills the states when given;
+        ``seq_idx [b, l]`` keeps packed documents apart).
 
         Under CP, ``l`` is this rank's share of the sequence and the conv/scan in between run over
         the whole sequence for this rank's ``1/cp`` of the heads (``h``, ``g``, ``di`` below)."""
@@ -251,13 +273,15 @@ class PortableMambaMixer(MegatronModule):
             # The last d_conv inputs (zero-padded when the prompt is shorter).
             conv_state.copy_(F.pad(xBC, (d.d_conv - l, 0)))
         bias = cp.get_conv1d_bias() if self.conv1d.bias is not None else None
-        xBC = causal_conv1d_fn(xBC, cp.get_conv1d_weight().squeeze(1), bias, activation=self.activation)
+        xBC = causal_conv1d_fn(xBC, cp.get_conv1d_weight().squeeze(1), bias, seq_idx=seq_idx,
+                               activation=self.activation)
         x, B, C = torch.split(xBC.transpose(1, 2), [di, g * d.d_state, g * d.d_state], dim=-1)
         out = mamba_chunk_scan_combined(
             x.reshape(b, l, h, d.headdim), dt.contiguous(), -torch.exp(cp.get_A_log().float()),
             B.reshape(b, l, g, d.d_state), C.reshape(b, l, g, d.d_state),
             self.chunk_size, D=self._D(cp.get_D()), z=None if self.rmsnorm else z.reshape(b, l, h, d.headdim),
             dt_bias=cp.get_dt_bias().float(), dt_softplus=True, return_final_states=ssm_state is not None,
+            seq_idx=seq_idx,
         )
         if ssm_state is not None:
             out, last_state = out
