@@ -252,14 +252,27 @@ class PretrainingSampler:
             start += step
 
 
+_SAMPLE_KEYS = ("tokens", "labels", "loss_mask", "position_ids")
+
+
 def _collate(samples):
     out = {}
-    for key in ("tokens", "labels", "loss_mask", "position_ids"):
+    for key in _SAMPLE_KEYS:
         out[key] = torch.stack([torch.as_tensor(s[key]) for s in samples])
     out["tokens"] = out["tokens"].long()
     out["labels"] = out["labels"].long()
     out["position_ids"] = out["position_ids"].long()
     out["loss_mask"] = out["loss_mask"].float()
+    # Extra keys (packed SFT's cu_seqlens [segments+1] and seq_idx [s]) are stacked as they come;
+    # ragged 1-D ones (cu_seqlens) are right-padded with -1 to the longest in the micro-batch.
+    for key in samples[0]:
+        if key in out:
+            continue
+        vals = [torch.as_tensor(s[key]) for s in samples]
+        if vals[0].dim() == 1 and len({v.shape[0] for v in vals}) > 1:
+            vals = [torch.nn.functional.pad(v, (0, max(u.shape[0] for u in vals) - v.shape[0]), value=-1)
+                    for v in vals]
+        out[key] = torch.stack(vals)
     return out
 
 
