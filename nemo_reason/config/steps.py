@@ -41,6 +41,10 @@ class StepConfig:
     def validate(self) -> None:
         """The step's own field rules (a subclass extends it); cross-group rules stay in RunConfig."""
 
+    def check(self, cfg) -> None:
+        """Rules between this step's fields and the run config as the step sees it (``cfg``: its
+        overrides applied); checked at composition, so they exit 2 before any step runs."""
+
 
 # step type name -> its StepConfig subclass
 STEP_CONFIGS: Registry = Registry("pipeline step type")

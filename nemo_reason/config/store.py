@@ -257,7 +257,7 @@ def compose(recipe: str, overrides: Sequence[str] = (), validate: bool = True) -
     cfg = to_run_config(compose_dictconfig(recipe, overrides))
     cfg.launcher.resolve()
     for step in cfg.pipeline:
-        step_config(cfg, step)  # validates every step's overrides up front
+        step.check(step_config(cfg, step))  # every step's overrides and its rules against them, up front
     if validate:
         cfg.validate()
     return cfg

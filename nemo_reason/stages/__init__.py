@@ -19,7 +19,8 @@ from nemo_reason.registry import Registry
 
 STEPS: Registry = Registry("pipeline step type")
 
-_BUILTIN = ("nemo_reason.stages.pretrain", "nemo_reason.stages.perplexity", "nemo_reason.stages.eval")
+_BUILTIN = ("nemo_reason.stages.pretrain", "nemo_reason.stages.perplexity", "nemo_reason.stages.eval",
+            "nemo_reason.stages.sft")
 
 
 def register_step(name: str, doc: str = "", config: Type[StepConfig] = StepConfig):

@@ -57,3 +57,36 @@ def lm_forward_step(data_iterator, model):
     loss_mask = batch["loss_mask"].to(device, non_blocking=True)
     output = model(tokens, position_ids, None, labels=labels)
     return output, partial(_masked_token_mean, loss_mask, num_tokens.to(device))
+
+
+def packed_seq_params_of(cu_seqlens: torch.Tensor):
+    """Megatron's ``PackedSeqParams`` ("thd") for one packed row: ``cu_seqlens`` ``[segments + 1]``
+    (int32, 0 .. s; the padded tail its own segment), as :mod:`nemo_reason.data.packing` writes it."""
+    from megatron.core.packed_seq_params import PackedSeqParams
+
+    cu = cu_seqlens[cu_seqlens >= 0].to(torch.int32)  # drop the collate padding (-1)
+    longest = int((cu[1:] - cu[:-1]).max())
+    return PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu,
+                           max_seqlen_q=longest, max_seqlen_kv=longest)
+
+
+@LOSSES.register("sft")
+def sft_forward_step(data_iterator, model):
+    """Cross-entropy on the assistant's tokens (``loss_mask``) of SFT samples; a packed sample (one
+    row holding several conversations, with ``cu_seqlens``) runs with attention and positions reset
+    at each boundary through Megatron's ``packed_seq_params``. Reported as ``"lm loss"``."""
+    batch = next(data_iterator)
+    device = next(model.parameters()).device
+    packed = None
+    if "cu_seqlens" in batch:
+        if batch["tokens"].shape[0] != 1:
+            raise ValueError("a packed SFT micro-batch holds one row of several conversations: "
+                             "set trainer.micro_batch_size=1")
+        packed = packed_seq_params_of(batch["cu_seqlens"][0].to(device))
+    num_tokens = batch["loss_mask"].sum()
+    tokens = batch["tokens"].to(device, non_blocking=True)
+    labels = batch["labels"].to(device, non_blocking=True)
+    position_ids = batch["position_ids"].to(device, non_blocking=True)
+    loss_mask = batch["loss_mask"].to(device, non_blocking=True)
+    output = model(tokens, position_ids, None, labels=labels, packed_seq_params=packed)
+    return output, partial(_masked_token_mean, loss_mask, num_tokens.to(device))
