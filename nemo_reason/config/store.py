@@ -256,10 +256,17 @@ def type_pipeline(cfg: RunConfig) -> RunConfig:
 def compose(recipe: str, overrides: Sequence[str] = (), validate: bool = True) -> RunConfig:
     cfg = to_run_config(compose_dictconfig(recipe, overrides))
     cfg.launcher.resolve()
-    for step in cfg.pipeline:
-        step.check(step_config(cfg, step))  # every step's overrides and its rules against them, up front
     if validate:
         cfg.validate()
+    for step in cfg.pipeline:
+        # Every step's overrides, the run config they make, and the step's rules against it, up front.
+        scfg = step_config(cfg, step)
+        if validate and step.overrides:
+            try:
+                scfg.validate()
+            except ConfigError as err:
+                raise ConfigError(f"step '{step.name or step.type}' overrides: {err}") from None
+        step.check(scfg)
     return cfg
 
 

@@ -253,6 +253,7 @@ class PretrainingSampler:
 
 
 _SAMPLE_KEYS = ("tokens", "labels", "loss_mask", "position_ids")
+_PACKED_KEYS = ("cu_seqlens", "seq_idx")
 
 
 def _collate(samples):
@@ -263,10 +264,11 @@ def _collate(samples):
     out["labels"] = out["labels"].long()
     out["position_ids"] = out["position_ids"].long()
     out["loss_mask"] = out["loss_mask"].float()
-    # Extra keys (packed SFT's cu_seqlens [segments+1] and seq_idx [s]) are stacked as they come;
-    # ragged 1-D ones (cu_seqlens) are right-padded with -1 to the longest in the micro-batch.
-    for key in samples[0]:
-        if key in out:
+    # Packed SFT's boundaries (cu_seqlens [segments+1], seq_idx [s]) are stacked; ragged cu_seqlens
+    # are right-padded with -1 to the longest in the micro-batch. Other keys a dataset returns (GPTDataset
+    # adds some) are dropped, as before: the CP split slices every tensor it is given.
+    for key in _PACKED_KEYS:
+        if key not in samples[0]:
             continue
         vals = [torch.as_tensor(s[key]) for s in samples]
         if vals[0].dim() == 1 and len({v.shape[0] for v in vals}) > 1:
