@@ -46,3 +46,27 @@ class Registry(Generic[T]):
 
     def names(self):
         return sorted(self._items)
+
+
+class LazyRegistry(Registry[T]):
+    """A registry whose builtin entries live in modules imported on the first look-up (``load``
+    imports them), so importing the package that holds it costs nothing."""
+
+    def __init__(self, kind: str, load: Callable[[], None]):
+        super().__init__(kind)
+        self._load = load
+
+    def get(self, name: str) -> T:
+        self._load()
+        return super().get(name)
+
+    def names(self):
+        self._load()
+        return super().names()
+
+    def __contains__(self, name: str) -> bool:
+        self._load()
+        return super().__contains__(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())

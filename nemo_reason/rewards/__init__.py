@@ -21,31 +21,12 @@ import importlib.util
 from typing import Callable, Iterable, Optional, Sequence, Tuple
 
 from nemo_reason.config.errors import ConfigError
-from nemo_reason.registry import Registry
+from nemo_reason.registry import LazyRegistry, Registry
 
 Verifier = Callable[[dict, str], float]
 
 
-class _RewardRegistry(Registry):
-    """A registry that imports the builtin verifier modules before the first look-up."""
-
-    def get(self, name: str):
-        load_builtin_rewards()
-        return super().get(name)
-
-    def names(self):
-        load_builtin_rewards()
-        return super().names()
-
-    def __contains__(self, name: str) -> bool:
-        load_builtin_rewards()
-        return super().__contains__(name)
-
-    def __iter__(self):
-        return iter(self.names())
-
-
-REWARDS: Registry = _RewardRegistry("reward")
+REWARDS: Registry = LazyRegistry("reward", lambda: load_builtin_rewards())
 
 _BUILTIN = ("nemo_reason.rewards.math", "nemo_reason.rewards.mcq", "nemo_reason.rewards.exact",
             "nemo_reason.rewards.format", "nemo_reason.rewards.code")

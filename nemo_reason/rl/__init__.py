@@ -23,7 +23,7 @@ import importlib
 from typing import Callable
 
 from nemo_reason.config.errors import ConfigError
-from nemo_reason.registry import Registry
+from nemo_reason.registry import LazyRegistry, Registry
 
 _BUILTIN = ("nemo_reason.rl.advantages", "nemo_reason.rl.losses", "nemo_reason.rl.kl")
 _loaded = False
@@ -38,28 +38,9 @@ def load_builtin_rl() -> None:
             importlib.import_module(mod)
 
 
-class _LazyRegistry(Registry):
-    """A registry that imports the builtin modules before the first look-up."""
-
-    def get(self, name: str):
-        load_builtin_rl()
-        return super().get(name)
-
-    def names(self):
-        load_builtin_rl()
-        return super().names()
-
-    def __contains__(self, name: str) -> bool:
-        load_builtin_rl()
-        return super().__contains__(name)
-
-    def __iter__(self):
-        return iter(self.names())
-
-
-ADVANTAGES: Registry = _LazyRegistry("advantage estimator")
-POLICY_LOSSES: Registry = _LazyRegistry("policy loss")
-KL_ESTIMATORS: Registry = _LazyRegistry("KL estimator")
+ADVANTAGES: Registry = LazyRegistry("advantage estimator", lambda: load_builtin_rl())
+POLICY_LOSSES: Registry = LazyRegistry("policy loss", lambda: load_builtin_rl())
+KL_ESTIMATORS: Registry = LazyRegistry("KL estimator", lambda: load_builtin_rl())
 
 
 def _lookup(registry: Registry, name: str, field: str) -> Callable:
