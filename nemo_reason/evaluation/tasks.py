@@ -195,7 +195,8 @@ def render_prompt(template: str, fields: dict, where: str = "") -> str:
     return _FIELD.sub(sub, template)
 
 
-def _fields(question: str, record: dict, instruction: str) -> dict:
+def prompt_fields(question: str, record: dict, instruction: str) -> dict:
+    """The fields a prompt template may use for ``record``."""
     return {**record, "question": question, "instruction": instruction}
 
 
@@ -226,7 +227,7 @@ def held_out_task(domain: str, num: int, sources: Sequence[str] = DEFAULT_TRAINI
         taken.add(h)
         where = f"bundled:{domain}@{seed}#{i}"
         r = EvalRecord(q, dict(rec), where)
-        r.prompt = render_prompt(template, _fields(q, rec, d.instruction), where)
+        r.prompt = render_prompt(template, prompt_fields(q, rec, d.instruction), where)
         records.append(r)
         if len(records) == num:
             break
@@ -285,7 +286,7 @@ def load_jsonl_task(path: str, question_field: str = "question", answer_field: s
             if tests_field in rec:
                 sample["tests"] = rec[tests_field]
             r = EvalRecord(q, sample, where)
-            r.prompt = render_prompt(template, _fields(q, sample, USER_INSTRUCTION), where)
+            r.prompt = render_prompt(template, prompt_fields(q, sample, USER_INSTRUCTION), where)
             records.append(r)
             if num and len(records) == num:
                 break

@@ -35,6 +35,7 @@ from typing import List
 from nemo_reason.config.errors import ConfigError
 from nemo_reason.config.steps import StepConfig
 from nemo_reason.stages import StepContext, StepResult, register_step
+from nemo_reason.training.source import BatchSource
 
 
 @dataclass
@@ -88,30 +89,26 @@ class GRPOConfig(StepConfig):
                               "{parallel.pp: 1, parallel.cp: 1} on this step")
 
 
-def training_prompts(domain: str, count: int, offset: int, seed: int):
-    """Records ``offset .. offset + count`` (cycling) of the bundled ``domain`` training corpus at
-    ``seed``, each with its rendered prompt, as ``[(prompt, sample)]``."""
+def training_prompt(domain: str, index: int, seed: int):
+    """Record ``index`` (cycling) of the bundled ``domain`` training corpus at ``seed`` with its
+    rendered prompt, as ``(prompt, sample)``."""
     from nemo_reason.data.corpora import DEFAULT_SIZE, generate
-    from nemo_reason.evaluation.tasks import DOMAINS, _fields, render_prompt
+    from nemo_reason.evaluation.tasks import DOMAINS, prompt_fields, render_prompt
 
     d = DOMAINS[domain]
     pool = _POOLS.get((domain, seed))
-    if pool is None:
+    if pool is None:  # generated once per process
         pool = _POOLS[(domain, seed)] = list(generate(domain, DEFAULT_SIZE.get(domain, 2000), seed))
-    out = []
-    for i in range(offset, offset + count):
-        rec = pool[i % len(pool)]
-        prompt = render_prompt(d.template, _fields(rec[d.question_key], rec, d.instruction), f"bundled:{domain}#{i}")
-        out.append((prompt, rec))
-    return out
+    rec = pool[index % len(pool)]
+    fields = prompt_fields(rec[d.question_key], rec, d.instruction)
+    return render_prompt(d.template, fields, f"bundled:{domain}#{index}"), rec
 
 
 _POOLS: dict = {}
 
 
-class GRPOBatches:
-    """The step's batch source (the loop's ``BatchSource`` interface): a fresh, scored rollout per
-    optimizer step."""
+class GRPOBatches(BatchSource):
+    """The step's batch source: a fresh, scored rollout per optimizer step."""
 
     def __init__(self, step: GRPOConfig, cfg, ctx, tokenizer):
         self.step, self.cfg, self.ctx, self.tok = step, cfg, ctx, tokenizer
@@ -122,9 +119,6 @@ class GRPOBatches:
     def num_micro_batches(self, step: int) -> int:
         t = self.cfg.trainer
         return t.global_batch_size // (t.micro_batch_size * self.ctx.dims.dp)
-
-    def announce(self, step: int):
-        return None
 
     def record(self, step: int) -> dict:
         return dict(self._record)
@@ -137,7 +131,7 @@ class GRPOBatches:
         out = []
         for k in range(first, first + per_rank):
             domain = s.domains[k % len(s.domains)]
-            out.append((domain, *training_prompts(domain, 1, k // len(s.domains), self.cfg.run.seed)[0]))
+            out.append((domain, *training_prompt(domain, k // len(s.domains), self.cfg.run.seed)))
         return out
 
     def iterator(self, state):
@@ -252,9 +246,7 @@ def run(cfg, ctx: StepContext) -> StepResult:
     state = build_train_state(cfg, ctx, tok.vocab_size, ckpt_root=ctx.step_dir / "checkpoints",
                               init_checkpoint=ctx.input_checkpoint)
     batches = GRPOBatches(step, state.cfg, ctx, tok)
-    accounting = loop_accounting(state, ctx, tok)
-    accounting.pop("describe", None)
     result = run_loop(state, ctx, partial(grpo_forward_step, step), batches, max_steps=state.cfg.trainer.max_steps,
                       describe=f"{step.prompts_per_step} prompts x {step.group_size} samples per step, "
-                               f"domains {', '.join(step.domains)}", **accounting)
+                               f"domains {', '.join(step.domains)}", **loop_accounting(state, ctx, tok))
     return StepResult.of(result)

@@ -36,8 +36,10 @@ def run(cfg, ctx: StepContext) -> StepResult:
                               init_checkpoint=ctx.input_checkpoint)
     if ctx.rank == 0:
         print(data.describe(state.step), flush=True)
+    ent = (data.stats or {}).get("unigram_entropy_nats")
     result = run_loop(state, ctx, lm_forward_step, DatasetBatches(data.train, state.cfg.trainer, ctx.dims, data),
                       max_steps=state.cfg.trainer.max_steps,
                       evaluate=dataset_evaluator(data.valid, state.cfg.trainer, ctx.dims, lm_forward_step),
-                      **loop_accounting(state, ctx, data.tokenizer, data.stats))
+                      describe=f"corpus unigram entropy {ent:.3f} nats" if ent else "",
+                      **loop_accounting(state, ctx, data.tokenizer))
     return StepResult.of(result)

@@ -86,11 +86,10 @@ def run(cfg, ctx: StepContext) -> StepResult:
     describe = (f"{st['conversations']:,} conversations, {st['samples_per_epoch']:,} samples per epoch "
                 f"({100 * st['fill']:.0f}% filled), {st['trained_tokens']:,} trained tokens per epoch"
                 + (f", skipped {st['skipped']}" if st["skipped"] else ""))
-    accounting = loop_accounting(state, ctx, tok)
     result = run_loop(state, ctx, sft_forward_step, DatasetBatches(data, state.cfg.trainer, ctx.dims),
                       max_steps=t.max_steps,
                       evaluate=dataset_evaluator(valid, state.cfg.trainer, ctx.dims, sft_forward_step),
-                      describe=describe, **{k: v for k, v in accounting.items() if k != "describe"})
+                      describe=describe, **loop_accounting(state, ctx, tok))
     return StepResult.of(result)
 
 

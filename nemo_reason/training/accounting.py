@@ -9,8 +9,6 @@ the MFU peak, and MoE router statistics.
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
-
 import torch.distributed as dist
 
 from nemo_reason.backend import peak as bpeak
@@ -19,7 +17,7 @@ from nemo_reason.planner.flops import flops_per_step_from_config
 from nemo_reason.planner.params import param_count
 
 
-def loop_accounting(state, ctx, tokenizer, data_stats: Optional[dict] = None) -> dict:
+def loop_accounting(state, ctx, tokenizer) -> dict:
     cfg, t = state.cfg, state.cfg.trainer
     rank = dist.get_rank() if dist.is_initialized() else 0
     padded = padded_vocab_size(tokenizer.vocab_size, cfg.model.make_vocab_size_divisible_by, ctx.dims.tp)
@@ -37,10 +35,7 @@ def loop_accounting(state, ctx, tokenizer, data_stats: Optional[dict] = None) ->
     out = {"meta": meta, "flops_per_step": flops_per_step_from_config(cfg, padded)}
     # MFU's denominator, per rank (rank 0 logs): trainer.peak_tflops, the GPU's bf16 peak, or on CPU a
     # matmul probe (an estimate).
-    out["peak"] = _peak(t.peak_tflops, cfg.data.cache_dir) if rank == 0 else None
-    ent = (data_stats or {}).get("unigram_entropy_nats")
-    if ent:
-        out["describe"] = f"corpus unigram entropy {ent:.3f} nats"
+    out["peak"] = bpeak.Peak.resolve(t.peak_tflops, cfg.data.cache_dir) if rank == 0 else None
     if cfg.model.is_moe:
         from nemo_reason.training.moe_stats import RouterStats
 
@@ -49,8 +44,3 @@ def loop_accounting(state, ctx, tokenizer, data_stats: Optional[dict] = None) ->
                                          ctx.dims.sequence_parallel)
     return out
 
-
-def _peak(configured, cache_dir):
-    if hasattr(bpeak, "Peak"):
-        return bpeak.Peak.resolve(configured, cache_dir)
-    return bpeak.peak_tflops(configured, cache_dir)

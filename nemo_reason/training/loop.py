@@ -28,33 +28,9 @@ from nemo_reason.backend import dist as bdist
 from nemo_reason.checkpoint import io as ckpt
 from nemo_reason.config.store import flatten, to_yaml
 from nemo_reason.training import preemption
+from nemo_reason.training.source import BatchSource  # noqa: F401  (re-exported)
 from nemo_reason.training.metrics import MetricsWriter, fmt_duration
 from nemo_reason.training.step import train_step
-
-
-class BatchSource:
-    """Where a training step's micro-batches come from. Subclass and override what differs."""
-
-    #: samples one optimizer step consumes (all data-parallel ranks together)
-    samples_per_step: int = 0
-    #: tokens one optimizer step trains on, for throughput and MFU
-    tokens_per_step: int = 0
-
-    def num_micro_batches(self, step: int) -> int:
-        raise NotImplementedError
-
-    def iterator(self, state):
-        """The data iterator for the step about to run (``state.step`` done so far); a list of
-        iterators, one per model chunk, under the interleaved pipeline schedule."""
-        raise NotImplementedError
-
-    def announce(self, step: int) -> Optional[str]:
-        """A line to print before step index ``step`` runs (e.g. a data-phase switch)."""
-        return None
-
-    def record(self, step: int) -> dict:
-        """Extra fields for the metrics record of step ``step`` (1-based)."""
-        return {}
 
 
 @dataclass
@@ -168,12 +144,7 @@ def _mfu(peak, achieved_tflops: float) -> dict:
     """MFU against ``peak`` (backend/peak.py); on a CPU the peak is a probe, so the value is an estimate."""
     if peak is None:
         return {"mfu": None}
-    if hasattr(peak, "mfu"):
-        out = {"mfu": peak.mfu(achieved_tflops)}
-        if getattr(peak, "estimate", False):
-            out["mfu_is_estimate"] = True
-        return out
-    return {"mfu": min(1.0, achieved_tflops / peak) if peak else None}
+    return {"mfu": peak.mfu(achieved_tflops), **({"mfu_is_estimate": True} if peak.estimate else {})}
 
 
 def summary_line(step_name: str, r: TrainResult, start_step: int) -> str:
