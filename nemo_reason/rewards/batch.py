@@ -19,6 +19,7 @@ one batch with several rewards (call once per domain).
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import signal
 import time
 from collections import deque
@@ -102,7 +103,14 @@ class _Slot:
 
 def _context(start_method: Optional[str]):
     if start_method is None:
-        start_method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+        # fork is fast and takes any callable, but a fork of a process that already runs other threads
+        # (torch's pools, gloo, a trainer) can deadlock in the child: then start from a forkserver.
+        methods = mp.get_all_start_methods()
+        threaded = len(os.listdir("/proc/self/task")) > 1 if os.path.isdir("/proc/self/task") else True
+        if "fork" in methods and not threaded:
+            start_method = "fork"
+        else:
+            start_method = "forkserver" if "forkserver" in methods else "spawn"
     return mp.get_context(start_method)
 
 
