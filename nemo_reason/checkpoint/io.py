@@ -8,6 +8,7 @@ Layout of one step's checkpoints::
             meta.json            #   architecture, tokenizer, tokens, parameters (meta.py)
             tokenizer/           #   a copy of the tokenizer's files
             rng/rank_00000.pt    # per-rank RNG state, restored only when the layout is unchanged
+            source/rank_00000.pt # per-rank batch-source state (GRPO's prompt stream, rollout), when any
         latest                   # text: "100" (a hint; discovery never trusts it alone)
         .tmp_iter_0000200/       # a save in progress (or one that crashed): never loaded
         corrupt/iter_0000150/    # a checkpoint that failed verification, set aside (never deleted)
@@ -226,12 +227,14 @@ def _stored_param_count(ckpt_dir: Path) -> Optional[int]:
 
 def save(ckpt_root: str | os.PathLike, step: int, consumed_samples: int, model_chunks, optimizer,
          scheduler, config_yaml: str, rng_state: dict, keep_last: int = 0,
-         meta: Optional[dict] = None) -> Path:
+         meta: Optional[dict] = None, source_state: Optional[dict] = None) -> Path:
     """Save a complete checkpoint of step ``step``; returns its folder.
 
     ``meta`` (see :func:`nemo_reason.checkpoint.meta.build_meta`): the model config, tokenizer
     record, tokens, step type, fingerprint and anything else the caller adds; written as meta.json
-    with the tokenizer's files copied in. Rank 0 logs one line per save."""
+    with the tokenizer's files copied in. ``source_state``: this rank's batch-source position
+    (``source/rank_*.pt``, only when not empty; read back with :func:`load_source_state`). Rank 0
+    logs one line per save."""
     root = Path(ckpt_root)
     final = root / iter_dir_name(step)
     tmp = root / f".tmp_{iter_dir_name(step)}"
@@ -250,6 +253,9 @@ def save(ckpt_root: str | os.PathLike, step: int, consumed_samples: int, model_c
     sd["train_state"] = {"step": step, "consumed_samples": consumed_samples}
     dist_checkpointing.save(sd, str(tmp), content_metadata=dict(SHARDING_METADATA))
     torch.save(rng_state, tmp / "rng" / f"rank_{_rank():05d}.pt")
+    if source_state:
+        (tmp / "source").mkdir(exist_ok=True)
+        torch.save(source_state, tmp / "source" / f"rank_{_rank():05d}.pt")
     _marker.write_partial_manifest(tmp, _rank())
     lay = layout()
     _barrier()
@@ -362,3 +368,20 @@ def load_rng(ckpt_dir: str | os.PathLike) -> Optional[dict]:
         return None
     path = ckpt_dir / "rng" / f"rank_{_rank():05d}.pt"
     return torch.load(path, weights_only=False) if path.is_file() else None
+
+
+def load_source_state(ckpt_dir: str | os.PathLike) -> Optional[dict]:
+    """This rank's saved batch-source state, or None when the checkpoint holds none. When the layout
+    changed since the save, rank 0's, with ``"layout_changed": True`` (a source keeps what is
+    global in it, e.g. a prompt position, and drops what was per rank)."""
+    ckpt_dir = Path(ckpt_dir)
+    folder = ckpt_dir / "source"
+    if not folder.is_dir():
+        return None
+    info = json.loads((ckpt_dir / "train_state.json").read_text())
+    same = info.get("layout") == layout()
+    path = folder / f"rank_{(_rank() if same else 0):05d}.pt"
+    if not path.is_file():
+        return None
+    state = torch.load(path, weights_only=False)
+    return state if same else {**state, "layout_changed": True}

@@ -11,7 +11,8 @@ function on tensors registered by name.
   :mod:`nemo_reason.rl.kl`.
 
 Shaping and filtering helpers (DAPO's soft overlong penalty, dynamic sampling's group filter) are in
-:mod:`nemo_reason.rl.filters`. The builtin modules are imported on the first look-up, so
+:mod:`nemo_reason.rl.filters`; dynamic sampling with refill in :mod:`nemo_reason.rl.groups`; the prompt
+stream in :mod:`nemo_reason.rl.prompts`. The builtin modules are imported on the first look-up, so
 ``import nemo_reason.rl`` costs nothing. Left out: rollout, scoring and the update loop (the ``grpo``
 step), and anything that needs Megatron (these functions see plain, already gathered log-probs).
 """

@@ -1,8 +1,8 @@
 """Reward shaping and batch filtering around the advantage: DAPO's soft overlong penalty and dynamic
 sampling's test for groups that carry a learning signal.
 
-Left out: regenerating dropped groups and filtering truncated samples out of the loss (the ``grpo`` step
-does that with these masks).
+Left out: regenerating dropped groups (:mod:`nemo_reason.rl.groups`) and filtering truncated samples out of
+the loss (the ``grpo`` step's ``overlong_filter`` zeroes their loss mask).
 """
 
 from __future__ import annotations

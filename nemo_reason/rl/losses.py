@@ -20,8 +20,8 @@ micro-batches and ranks and divides once):
 
 The log ratio is clamped to ``[-20, 20]`` before ``exp``. Left out: KL to a reference (add
 :func:`nemo_reason.rl.kl.kl_penalty` through :func:`aggregate`), importance-sampling correction between
-rollout and trainer engines, value losses, vocab-parallel entropy (:func:`entropy_from_logits` needs the
-whole vocabulary on one rank).
+rollout and trainer engines, value losses, an entropy bonus (:func:`entropy_from_logits` with a
+tensor-parallel group is a metric, without gradient).
 """
 
 from __future__ import annotations
@@ -203,13 +203,30 @@ def gspo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: to
     return loss, metrics
 
 
-def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+def entropy_from_logits(logits: torch.Tensor, group=None) -> torch.Tensor:
     """Entropy ``H = logsumexp(z) - sum_v softmax(z)_v z_v`` of each token's distribution: ``[B, T, V]`` ->
-    ``[B, T]`` (computed in fp32 at least; differentiable). Mask and aggregate it with :func:`aggregate`."""
+    ``[B, T]`` (computed in fp32 at least). Mask and aggregate it with :func:`aggregate`.
+
+    ``group``: the tensor-parallel process group when ``logits`` is this rank's vocabulary shard
+    (Megatron's output layer with ``parallel_output``): the max, the partition function and
+    ``sum p z`` are all-reduced over it (max, sum, sum), so every rank returns the entropy of the whole
+    distribution. Differentiable without ``group``; with it, a metric only (call under ``no_grad``: the
+    all-reduces carry no gradient)."""
     z = _up(logits)
-    p = torch.softmax(z, dim=-1)
-    pz = torch.where(p > 0, p * z, torch.zeros_like(z))  # a -inf logit (masked token) adds 0, not nan
-    return torch.logsumexp(z, dim=-1) - pz.sum(dim=-1)
+    if group is None or torch.distributed.get_world_size(group) == 1:
+        p = torch.softmax(z, dim=-1)
+        pz = torch.where(p > 0, p * z, torch.zeros_like(z))  # a -inf logit (masked token) adds 0, not nan
+        return torch.logsumexp(z, dim=-1) - pz.sum(dim=-1)
+    import torch.distributed as dist
+
+    zmax = z.amax(dim=-1)
+    dist.all_reduce(zmax, op=dist.ReduceOp.MAX, group=group)
+    e = torch.exp(z - zmax.unsqueeze(-1))                       # [B, T, V/tp], in (0, 1]
+    ez = torch.where(e > 0, e * (z - zmax.unsqueeze(-1)), torch.zeros_like(z)).sum(dim=-1)
+    sums = torch.stack([e.sum(dim=-1), ez])                      # [2, B, T]: partition function, sum e (z - max)
+    dist.all_reduce(sums, group=group)
+    # H = log Z - sum_v (e_v / Z) (z_v - max), with Z = sum_v e_v on the shifted logits.
+    return torch.log(sums[0]) - sums[1] / sums[0]
 
 
 __all__ = ["AGG_MODES", "aggregate", "ppo_clip_loss", "gspo_loss", "entropy_from_logits"]

@@ -11,7 +11,8 @@ to ``max_steps`` optimizer steps. It knows nothing of where batches come from or
 
 Per step: :func:`~nemo_reason.training.step.train_step`; every ``log_every`` a record (metrics, lr,
 grad norm, tokens/s, model TFLOP/s, MFU) to ``metrics.jsonl``, TensorBoard and the progress line;
-a checkpoint every ``save_every``, at the end, at ``exit_interval`` and on a preemption signal
+the batch source's own state (:meth:`BatchSource.state_dict`) rides with every checkpoint and is
+handed back on resume; a checkpoint every ``save_every``, at the end, at ``exit_interval`` and on a preemption signal
 (then the run exits 75 and the same command resumes). At the end, one summary line.
 """
 
@@ -74,7 +75,13 @@ def run_loop(state, ctx, forward_step: Callable, batches: BatchSource, *, max_st
         state.sync_params()
         info = dict(meta, step=state.step, consumed_samples=state.consumed, tokens=state.consumed * t.seq_length)
         return ckpt.save(ckpt_root, state.step, state.consumed, state.model, state.optimizer, state.scheduler,
-                         config_yaml, bdist.get_rng_state(), keep_last=t.keep_last, meta=info)
+                         config_yaml, bdist.get_rng_state(), keep_last=t.keep_last, meta=info,
+                         source_state=batches.state_dict())
+
+    if state.resumed_from is not None:
+        saved = ckpt.load_source_state(state.resumed_from)
+        if saved is not None:
+            batches.load_state_dict(saved)
 
     if t.save_initial and start_step == 0:
         save()
@@ -113,6 +120,9 @@ def run_loop(state, ctx, forward_step: Callable, batches: BatchSource, *, max_st
                     last_eval = evaluate(state)
                     record.update(last_eval)
                 writer.log(record)
+                line = batches.progress(record) if (rank == 0 and t.progress) else None
+                if line:
+                    print(line, flush=True)
                 window_t0, window_steps = time.time(), 0
             elif extra_stats is not None:
                 extra_stats.skip_log()

@@ -1,5 +1,9 @@
 """What a training step's batches come from: the interface :func:`nemo_reason.training.loop.run_loop`
-reads. Imports nothing (step modules subclass it at import time and stay light)."""
+reads. Imports nothing (step modules subclass it at import time and stay light).
+
+A source whose position is not a function of the step index alone (GRPO: a prompt stream consumed at
+a variable rate, a rollout shared by several optimizer steps) returns it from :meth:`state_dict`;
+``run_loop`` saves it per rank with each checkpoint and hands it back on resume."""
 
 from __future__ import annotations
 
@@ -29,3 +33,15 @@ class BatchSource:
     def record(self, step: int) -> dict:
         """Extra fields for the metrics record of step ``step`` (1-based)."""
         return {}
+
+    def progress(self, record: dict) -> Optional[str]:
+        """An extra progress line for a logged ``record`` (rank 0, when ``trainer.progress``)."""
+        return None
+
+    def state_dict(self) -> dict:
+        """This rank's position in its stream, saved with every checkpoint (``{}``: nothing to save,
+        as for sources that are a pure function of the step index)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from a :meth:`state_dict` read back from the checkpoint the run resumes from."""
