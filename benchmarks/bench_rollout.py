@@ -13,9 +13,10 @@ tokens (no end-of-sequence stop on either side), one torch thread, in one proces
 The vocabulary is 1024 (the bundled BPE tokenizer's size) on both. Runs alternate ours / HF
 ``--repeats`` times after a warm-up; the best tokens/s of each is reported (the median too), since
 the machine is shared. transformers is a benchmark-only dependency (``pip install
-"transformers>=4.45"``). Appends a section to docs/benchmarks.md with ``--record``.
+"transformers>=4.45"``). With ``--record`` it appends a dated subsection (``--title``) to the rollout
+section of docs/benchmarks.md, after the earlier ones.
 
-    python benchmarks/bench_rollout.py --threads 1 --repeats 5 [--record]
+    python benchmarks/bench_rollout.py --threads 1 --repeats 5 [--record [--title "..."]]
 """
 
 from machine import describe
@@ -32,6 +33,7 @@ sys.path.insert(0, str(REPO))
 VOCAB = 1024
 PROMPT = 16
 SHAPES = [(32, 64), (8, 32)]
+SECTION = "## Rollout vs Hugging Face generate (benchmarks/bench_rollout.py)"
 
 
 class _Vocab:
@@ -116,6 +118,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--models", nargs="+", default=["dense", "hybrid"], choices=["dense", "hybrid"])
     ap.add_argument("--record", action="store_true")
+    ap.add_argument("--title", default="", help="the title of the recorded subsection")
     args = ap.parse_args()
     import torch
 
@@ -146,10 +149,28 @@ def main():
              f"fp32, {args.repeats} alternating repeats after a warm-up", *notes, "", *table]
     print("\n".join(lines))
     if args.record:
-        doc = REPO / "docs" / "benchmarks.md"
-        cmd = " ".join(["python benchmarks/bench_rollout.py", *sys.argv[1:]]).replace(" --record", "")
-        doc.write_text(doc.read_text().rstrip("\n") + "\n\n## Rollout vs Hugging Face generate (benchmarks/bench_rollout.py)\n\n"
-                       f"Command: `{cmd} --record` ({datetime.date.today()})\n\n" + "\n".join(lines) + "\n")
+        _record(lines, args.title)
+
+
+def _record(lines, title):
+    """Append a dated subsection at the end of the rollout section of docs/benchmarks.md (the section
+    is created at the end of the file if missing); earlier subsections stay."""
+    doc = REPO / "docs" / "benchmarks.md"
+    text = doc.read_text()
+    argv = [a for a in sys.argv[1:] if a != "--record"]
+    if "--title" in argv:
+        i = argv.index("--title")
+        del argv[i:i + 2]
+    cmd = " ".join(["python benchmarks/bench_rollout.py", *argv])
+    today = datetime.date.today()
+    sub = (f"### {title or 'Run'} ({today})\n\nCommand: `{cmd} --record`\n\n" + "\n".join(lines) + "\n")
+    head = text.find(SECTION)
+    if head < 0:
+        doc.write_text(text.rstrip("\n") + f"\n\n{SECTION}\n\n{sub}")
+        return
+    nxt = text.find("\n## ", head + len(SECTION))
+    end = len(text) if nxt < 0 else nxt + 1
+    doc.write_text(text[:end].rstrip("\n") + "\n\n" + sub + ("\n" + text[end:] if nxt >= 0 else ""))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,14 @@
 Both specs give the same parameter names for the attention and MLP projections, so the model
 code never branches on the backend.
 
+The local specs (GPT and hybrid) also hold Megatron's ``ColumnParallelLinear``/``RowParallelLinear``
+and ``SelfAttention`` as their portable subclasses (:mod:`.portable.linear`,
+:mod:`.portable.self_attention`): identical modules and training forward, plus a direct forward
+when no gradient is recorded and RoPE from cached tables when decoding with a KV cache, which is
+what makes CPU rollout keep pace with Hugging Face ``generate`` (docs/benchmarks.md). The model's
+output layer is built by ``GPTModel``/``MambaModel`` themselves, not from a spec, and keeps
+Megatron's class.
+
 Hybrid (Mamba) stacks, :func:`hybrid_stack_spec`:
 
 - ``te``: Megatron's ``mamba_stack_spec`` (TE linears with fused norms, TE attention, ``TENorm``);
@@ -67,7 +75,7 @@ def _portable_layer(layer_spec: ModuleSpec) -> ModuleSpec:
     the sequence-parallel-capable portable norm."""
     from nemo_reason.backend.portable.attention import SDPACoreAttention
 
-    spec = copy.deepcopy(layer_spec)
+    spec = _inference_fast_modules(copy.deepcopy(layer_spec))
     sub = spec.submodules
     sub.self_attention.submodules.core_attention = SDPACoreAttention
     sub.input_layernorm = _portable_norm(sub.input_layernorm)
@@ -76,6 +84,38 @@ def _portable_layer(layer_spec: ModuleSpec) -> ModuleSpec:
     att.q_layernorm = _portable_norm(att.q_layernorm)
     att.k_layernorm = _portable_norm(att.k_layernorm)
     return spec
+
+
+def _inference_fast_modules(spec):
+    """``spec`` (in place) with Megatron's tensor-parallel linears and self-attention replaced, at
+    every depth, by their portable subclasses: the same modules, parameters and training forward,
+    with a direct forward when no gradient is recorded or a KV cache is used (rollout, evaluation;
+    see :mod:`.portable.linear`, :mod:`.portable.self_attention`)."""
+    from dataclasses import fields, is_dataclass
+
+    from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
+    from megatron.core.transformer.attention import SelfAttention
+
+    from nemo_reason.backend.portable.linear import PortableColumnParallelLinear, PortableRowParallelLinear
+    from nemo_reason.backend.portable.self_attention import PortableSelfAttention
+
+    swap = {ColumnParallelLinear: PortableColumnParallelLinear, RowParallelLinear: PortableRowParallelLinear,
+            SelfAttention: PortableSelfAttention}
+
+    def visit(node):
+        if isinstance(node, type):
+            return swap.get(node, node)
+        if isinstance(node, ModuleSpec):
+            node.module = swap.get(node.module, node.module)
+            if node.submodules is not None:
+                node.submodules = visit(node.submodules)
+            return node
+        if is_dataclass(node) and not isinstance(node, type):
+            for f in fields(node):
+                setattr(node, f.name, visit(getattr(node, f.name)))
+        return node
+
+    return visit(spec)
 
 
 def hybrid_stack_spec(backend: str, *, chunk_size: int = 128) -> ModuleSpec:
@@ -148,12 +188,12 @@ def _local_hybrid_stack_spec(mixer_cls, chunk_size: int) -> ModuleSpec:
     # (num_experts is a placeholder, as in Megatron's mamba_stack_spec: MoELayer reads the config.)
     moe_layer = _pre_norm_mlp_layer(TransformerLayer,
                                     get_moe_module_spec(use_te=False, num_experts=8, moe_grouped_gemm=False))
-    return ModuleSpec(
+    return _inference_fast_modules(ModuleSpec(
         module=MambaStack,
         params={"final_norm": PortableNorm},
         submodules=MambaStackSubmodules(mamba_layer=mamba_layer, attention_layer=attention_layer,
                                         mlp_layer=mlp_layer, moe_layer=moe_layer),
-    )
+    ))
 
 
 def _pre_norm_mlp_layer(layer_cls, mlp: ModuleSpec) -> ModuleSpec:

@@ -14,12 +14,12 @@ from typing import List
 import torch
 import torch.nn.functional as F
 from megatron.core import parallel_state
-from megatron.core.activations import squared_relu
 from megatron.core.models.gpt import GPTModel
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from nemo_reason.backend import cuda_available, select
 from nemo_reason.backend.fp8 import fp8_transformer_kwargs
+from nemo_reason.backend.portable.activations import squared_relu
 from nemo_reason.backend.specs import gpt_layer_spec
 from nemo_reason.config.schema import RunConfig
 from nemo_reason.models.vocab import padded_vocab_size

@@ -254,40 +254,54 @@ def generate(model, tokenizer, prompts: List[List[int]], params: SamplingParams)
     rows = torch.arange(total, device=device)                          # batch position -> row of buf
     live = torch.ones(total, dtype=torch.bool, device=device)          # per batch position: still running
     row_len = lengths
+    # Host-side bookkeeping that spares the common step its masks: from t = longest no row is inside
+    # its prompt; while no row has finished, every row samples; before t = shortest + max_new - 1 no
+    # row can end by length (so without eod and stop strings nothing can end at all).
+    n_live, compacted, first_length_end = total, False, shortest + max_new - 1
     with _generation_mode(callable_model, bare), _inference():
         logits = state.step(callable_model, buf[:, :shortest])
         t = shortest                                                   # the position being predicted
         while True:
             step_logits = logits[:, -1, :].float()                     # [b, V_padded]
-            u = None if params.greedy else torch.rand(total, generator=generator).to(device)[rows]
+            u = None
+            if not params.greedy:
+                u = torch.rand(total, generator=generator).to(device)
+                u = u[rows] if compacted else u
             token = sample_tokens(step_logits[:, :vocab], params, u)   # padding ids are never drawn
             if tp_group is not None:
                 torch.distributed.broadcast(token, tp_src, group=tp_group)
-            in_prompt = t < row_len
-            sampled = live & ~in_prompt
-            token = torch.where(sampled, token, buf[rows, t])         # prompt rows: their own token
-            buf[rows, t] = token                                       # (finished rows: unchanged)
             lp = torch.log_softmax(step_logits, dim=-1).gather(-1, token.unsqueeze(-1)).squeeze(-1)
-            logprobs[rows, t] = torch.where(sampled, lp, logprobs[rows, t])
-            none = torch.zeros_like(sampled)
-            is_eos = sampled & (token == eod) if eod is not None else none
-            hit = _stop_hits(stop, buf, rows, sampled & ~is_eos, row_len, t) if stop is not None else none
-            done = is_eos | hit | (sampled & (t - row_len + 1 >= max_new))
-            if bool(done.any()):
-                for pos in done.nonzero().squeeze(-1).tolist():
-                    i = int(rows[pos])
-                    ends[i] = t
-                    reasons[i] = "eos" if bool(is_eos[pos]) else "stop" if bool(hit[pos]) else "length"
-                live &= ~done
-                alive = int(live.sum())
-                if alive == 0:
-                    break
-                if alive <= (1 - SHRINK_FRACTION) * rows.numel():
-                    keep = live.nonzero().squeeze(-1)
-                    state.keep_rows(callable_model, keep)
-                    rows, live = rows[keep], live[keep]
-                    row_len = lengths[rows]
-            logits = state.step(callable_model, buf[rows, t].unsqueeze(-1))
+            if t >= longest and n_live == rows.numel():               # every row samples
+                sampled = live
+                at = slice(None) if not compacted else rows
+                buf[at, t] = token
+                logprobs[at, t] = lp
+            else:
+                sampled = live & ~(t < row_len)
+                token = torch.where(sampled, token, buf[rows, t])     # prompt rows: their own token
+                buf[rows, t] = token                                   # (finished rows: unchanged)
+                logprobs[rows, t] = torch.where(sampled, lp, logprobs[rows, t])
+            if eod is not None or stop is not None or t >= first_length_end:
+                none = torch.zeros_like(sampled)
+                is_eos = sampled & (token == eod) if eod is not None else none
+                hit = _stop_hits(stop, buf, rows, sampled & ~is_eos, row_len, t) if stop is not None else none
+                done = is_eos | hit | (sampled & (t - row_len + 1 >= max_new))
+                if bool(done.any()):
+                    for pos in done.nonzero().squeeze(-1).tolist():
+                        i = int(rows[pos])
+                        ends[i] = t
+                        reasons[i] = "eos" if bool(is_eos[pos]) else "stop" if bool(hit[pos]) else "length"
+                    live &= ~done
+                    n_live = int(live.sum())
+                    if n_live == 0:
+                        break
+                    if n_live <= (1 - SHRINK_FRACTION) * rows.numel():
+                        keep = live.nonzero().squeeze(-1)
+                        state.keep_rows(callable_model, keep)
+                        rows, live, token = rows[keep], live[keep], token[keep]
+                        row_len = lengths[rows]
+                        compacted = True
+            logits = state.step(callable_model, token.unsqueeze(-1))  # token == buf[rows, t]
             t += 1
     return _samples(tokenizer, buf.cpu(), logprobs.cpu(), lengths.cpu(), ends, reasons, n, eod, stop)
 

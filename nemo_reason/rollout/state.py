@@ -5,7 +5,9 @@ attention layers put their KV cache there (``transformer/attention.py``
 ``_adjust_key_value_for_inference``) and Mamba layers their conv and SSM states (Megatron's
 ``MambaMixer`` and the portable mixer alike: ``(conv_state [b, conv_dim, d_conv], ssm_state [b, H,
 P, N])``). So a hybrid decodes with O(1) work and memory per token in its Mamba layers and a growing
-KV cache only in its few attention layers. On CPU this runs through ``backend.cpu_compat`` like the
+KV cache only in its few attention layers. (With the local spec's attention,
+:mod:`nemo_reason.backend.portable.self_attention`, the cached keys are stored already rotated by
+RoPE, as in Megatron's flash-decode path, so a decode step rotates only the new token.) On CPU this runs through ``backend.cpu_compat`` like the
 rest of Megatron (the KV buffers are allocated on "the current device").
 
 :class:`GenerationState` wraps the context with the bookkeeping a caller would otherwise repeat:

@@ -15,8 +15,9 @@ Shapes (sequence first, as Megatron): hidden ``[l, b, d_model]`` -> ``in_proj`` 
 
 Generation (static batching, Megatron's ``StaticInferenceContext``): the prompt runs the full
 path and leaves the last ``d_conv`` conv inputs and the final SSM state in
-``inference_context.key_value_memory_dict[layer_number]``; each later token is one
-``causal_conv1d_update`` + ``selective_state_update`` step: O(1) work and memory per token.
+``inference_context.key_value_memory_dict[layer_number]``; each later token is one recurrent step
+(the arithmetic of ``causal_conv1d_update`` + ``selective_state_update``, specialised to the
+layer's shapes in ``_step``): O(1) work and memory per token.
 
 Initialisation: where Megatron initialises on the CPU (``use_cpu_initialization``), every
 parameter is drawn at its full (all-ranks) size from the default generator and each rank keeps its
@@ -69,13 +70,7 @@ from megatron.core.utils import deprecate_inference_params
 
 from nemo_reason.backend.portable.attention import packed_doc_ids
 from nemo_reason.backend.portable.mamba_sharding import CONV_NAMES, IN_PROJ_NAMES, MambaDims, split_factory
-from nemo_reason.ops import (
-    RMSNormGated,
-    causal_conv1d_fn,
-    causal_conv1d_update,
-    mamba_chunk_scan_combined,
-    selective_state_update,
-)
+from nemo_reason.ops import RMSNormGated, causal_conv1d_fn, mamba_chunk_scan_combined
 
 
 @dataclass
@@ -302,22 +297,35 @@ class PortableMambaMixer(MegatronModule):
         return self.out_proj(y)
 
     def _step(self, zxBCdt, conv_state, ssm_state):
-        """One token: ``[b, in_proj]`` -> ``[b, d_inner]``."""
+        """One token: ``[b, in_proj]`` -> ``[b, d_inner]``; both states advanced in place.
+
+        The arithmetic of ``ops.causal_conv1d_update`` + ``ops.selective_state_update`` for this
+        layer's fixed shapes, without their generic argument handling: the depthwise conv over the
+        last ``d_conv`` inputs as one multiply-sum, the decay ``exp(dt * A)`` per head (the reference
+        broadcasts it over ``[b, H, P, N]`` first: the same values), math in fp32 (or wider)."""
         d = self.dims
         z, xBC, dt = self._split(zxBCdt)
-        b = z.shape[0]
-        xBC = causal_conv1d_update(xBC, conv_state, self.conv1d.weight.squeeze(1), self.conv1d.bias, self.activation)
-        x, B, C = torch.split(xBC, d.conv_sections(), dim=-1)
-        h, p, n = d.nheads_local, d.headdim, d.d_state
-        A = (-torch.exp(self.A_log.float()))[:, None, None].expand(h, p, n)
-        D = self._D()
-        y = selective_state_update(
-            ssm_state, x.reshape(b, h, p), dt[:, :, None].expand(b, h, p), A,
-            B.reshape(b, d.ngroups_local, n), C.reshape(b, d.ngroups_local, n),
-            D if D.dim() == 2 else D[:, None].expand(h, p),
-            z=None if self.rmsnorm else z.reshape(b, h, p),
-            dt_bias=self.dt_bias[:, None].expand(h, p), dt_softplus=True,
-        ).reshape(b, d.d_inner_local)
+        b, f = z.shape[0], torch.promote_types(zxBCdt.dtype, torch.float32)
+        h, p, n, g = d.nheads_local, d.headdim, d.d_state, d.ngroups_local
+        window = torch.cat([conv_state[..., 1:], xBC.unsqueeze(-1).to(conv_state.dtype)], dim=-1)  # [b, conv, d_conv]
+        conv_state.copy_(window)
+        xBC = (window.to(f) * self.conv1d.weight.squeeze(1).to(f)).sum(-1)
+        if self.conv1d.bias is not None:
+            xBC = xBC + self.conv1d.bias.to(f)
+        x, B, C = torch.split(F.silu(xBC), d.conv_sections(), dim=-1)
+        x = x.reshape(b, h, p)
+        B = B.reshape(b, g, n).repeat_interleave(h // g, dim=1)                       # [b, H, N]
+        C = C.reshape(b, g, n).repeat_interleave(h // g, dim=1)
+        dt = F.softplus(dt.to(f) + self.dt_bias.to(f))                                 # [b, H]
+        decay = torch.exp(dt * -torch.exp(self.A_log.to(f)))                           # [b, H]
+        state = ssm_state.to(f) * decay[:, :, None, None] + (dt[:, :, None] * x)[..., None] * B[:, :, None, :]
+        ssm_state.copy_(state)
+        y = torch.matmul(state, C.unsqueeze(-1)).squeeze(-1)                           # [b, H, P]
+        D = self._D().to(f)
+        y = y + (D if D.dim() == 2 else D[:, None]) * x
+        if not self.rmsnorm:
+            y = y * F.silu(z.to(f).reshape(b, h, p))
+        y = y.reshape(b, d.d_inner_local).to(zxBCdt.dtype)
         return self.norm(y, z) if self.rmsnorm else y
 
     # ------------------------------------------------------------------ generation state
