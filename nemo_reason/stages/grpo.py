@@ -47,9 +47,8 @@ rollout); held-out pass@1 (``heldout/<domain>/pass@1``, greedy, ``heldout_prompt
 Left out for now: KL as a reward term (it is a loss term), importance-sampling correction for a
 rollout engine other than the trainer, shuffling mini-batches (they take the rollout in order, so a
 prompt's group may span two of them; every epoch sees the same order), sequence packing /
-token-budget micro-batches in the update, scoring in worker processes (verifiers run in-process),
-the learning demonstration. :func:`training_prompt` is the first cut's fixed-order reader, kept for
-``benchmarks/bench_grpo.py``; the step draws from the prompt stream.
+token-budget micro-batches in the update. Verifiers score in this process unless
+``reward_workers`` > 0 (a pool of worker processes; code rewards always run in their sandbox).
 """
 
 from __future__ import annotations
@@ -99,6 +98,8 @@ class GRPOConfig(StepConfig, PromptFields):
     overlong_penalty: float = 1.0
     # Mask truncated samples (finish "length") out of the loss.
     overlong_filter: bool = False
+    # Verifier worker processes per rank (0: score in this process; code always runs in its sandbox).
+    reward_workers: int = 0
     # Held-out pass@1 every heldout_every steps (0: off) on heldout_prompts prompts per domain.
     heldout_every: int = 0
     heldout_prompts: int = 64
@@ -141,24 +142,6 @@ class GRPOConfig(StepConfig, PromptFields):
         if cfg.parallel.pp > 1 or cfg.parallel.cp > 1:
             raise ConfigError(f"{where}: rollout runs without pipeline or context parallelism; set overrides: "
                               "{parallel.pp: 1, parallel.cp: 1} on this step")
-
-
-def training_prompt(domain: str, index: int, seed: int):
-    """Record ``index`` (cycling) of the bundled ``domain`` training corpus at ``seed`` with its
-    rendered prompt, as ``(prompt, sample)``."""
-    from nemo_reason.data.corpora import DEFAULT_SIZE, generate
-    from nemo_reason.evaluation.tasks import DOMAINS, prompt_fields, render_prompt
-
-    d = DOMAINS[domain]
-    pool = _POOLS.get((domain, seed))
-    if pool is None:  # generated once per process
-        pool = _POOLS[(domain, seed)] = list(generate(domain, DEFAULT_SIZE.get(domain, 2000), seed))
-    rec = pool[index % len(pool)]
-    fields = prompt_fields(rec[d.question_key], rec, d.instruction)
-    return render_prompt(d.template, fields, f"bundled:{domain}#{index}"), rec
-
-
-_POOLS: dict = {}
 
 
 @dataclass
@@ -261,7 +244,7 @@ class GRPOBatches(BatchSource):
             by_verifier.setdefault(p.verifier, []).append(i)
         for verifier, idx in by_verifier.items():
             scores = score_batch(verifier, [groups_prompts[i].sample for i in idx for _ in range(s.group_size)],
-                                 [g.text for i in idx for g in got[i]], workers=0)
+                                 [g.text for i in idx for g in got[i]], workers=s.reward_workers)
             raw[idx] = torch.tensor(scores.scores, dtype=raw.dtype).view(len(idx), s.group_size)
         self._timing["time_scoring_s"] += time.time() - t1
         out = []
