@@ -20,7 +20,8 @@ from nemo_reason.registry import Registry
 STEPS: Registry = Registry("pipeline step type")
 
 _BUILTIN = ("nemo_reason.stages.pretrain", "nemo_reason.stages.perplexity", "nemo_reason.stages.eval",
-            "nemo_reason.stages.sft", "nemo_reason.stages.grpo")
+            "nemo_reason.stages.sft", "nemo_reason.stages.grpo", "nemo_reason.stages.distill",
+            "nemo_reason.stages.prune")
 
 
 def register_step(name: str, doc: str = "", config: Type[StepConfig] = StepConfig):

@@ -3,8 +3,9 @@
 Per step, ``<run.dir>/<step name>/`` holds its checkpoints, metrics, ``attempt.json`` (written when
 the step starts) and ``done.json`` (when it finishes). Both record the step's **fingerprint**: a hash
 of its resolved config (the run config with its overrides applied, and its own typed fields) and of
-its input (the previous step's output checkpoint, or ``run.init_checkpoint``; and the identity of the
-data files it reads). Re-running the same command:
+its input (the previous step's output checkpoint, or ``run.init_checkpoint``; any other checkpoint
+the step reads, from its config's ``extra_inputs``, e.g. a distillation teacher; and the identity of
+the data files it reads). Re-running the same command:
 
 - **skips** a step whose ``done.json`` has the same fingerprint;
 - **resumes** an interrupted step (``attempt.json`` with the same fingerprint) from its newest
@@ -190,6 +191,8 @@ def run_pipeline(cfg: RunConfig, dims) -> List[StepResult]:
         scfg = step_config(cfg, step)
         step_dir = run_dir / name
         fields, inp, data = resolved_fields(scfg, step), input_identity(prev_ckpt), data_identity(scfg, step)
+        if hasattr(step, "extra_inputs"):  # other checkpoints the step reads (a distill step's teacher)
+            inp = {**(inp or {}), **{k: input_identity(p) for k, p in step.extra_inputs(run_dir, names).items()}}
         fp = fingerprint(fields, inp, data)
         action, why = decide(step_dir, fp, fields, inp, data)
         if rank == 0:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import torch.distributed as dist
 from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
@@ -128,13 +128,16 @@ def architecture_from(cfg: RunConfig, checkpoint: Optional[Path]) -> tuple:
 
 
 def build_train_state(cfg: RunConfig, ctx, vocab_size: int, *, ckpt_root: Optional[Path] = None,
-                      init_checkpoint: Optional[Path] = None, build_optimizer_state: bool = True) -> TrainState:
+                      init_checkpoint: Optional[Path] = None, build_optimizer_state: bool = True,
+                      prepare_chunks: Optional[Callable] = None) -> TrainState:
     """Build the model, DDP, optimizer and schedule of one step, then resume or initialise.
 
     ``ckpt_root``: this step's checkpoint folder (resume from its newest verified checkpoint when
     ``run.resume``); ``init_checkpoint``: weights to start from otherwise (any layout: resharded on
     load). ``build_optimizer_state=False`` builds a frozen model (a teacher, an evaluated model):
-    no DDP, no optimizer."""
+    no DDP, no optimizer. ``prepare_chunks(chunks, resuming) -> chunks`` transforms the bare chunks
+    before DDP and loading (the distillation wrapper around a student); ``resuming``: the weights will
+    come from this step's own checkpoint, not ``init_checkpoint``."""
     rank = dist.get_rank() if dist.is_initialized() else 0
     latest = None
     if build_optimizer_state and ckpt_root is not None and cfg.run.resume:
@@ -142,6 +145,8 @@ def build_train_state(cfg: RunConfig, ctx, vocab_size: int, *, ckpt_root: Option
     cfg, note = architecture_from(cfg, latest or init_checkpoint)
     chunks = build_model(cfg, vocab_size, ctx.dims)
     num_params = sum(p.numel() for c in chunks for p in c.parameters())
+    if prepare_chunks is not None:
+        chunks = prepare_chunks(chunks, latest is not None)
     if not build_optimizer_state:
         for c in chunks:
             c.eval()

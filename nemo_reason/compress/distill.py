@@ -1,0 +1,197 @@
+"""Knowledge-distillation losses over Megatron-Core models, through Model-Optimizer's distillation wrapper.
+
+:func:`build_distillation_model` turns a bare student chunk (``GPTModel`` / ``MambaModel``, before
+DDP) into Model-Optimizer's ``DistillationModel`` (``mtd.convert`` in ``kd_loss`` mode, then
+``adjust_distillation_model_for_mcore``, as Megatron-LM and Megatron-Bridge do): the frozen teacher
+runs inside the student's forward under ``no_grad`` (one forward per micro-batch, no LM loss of its
+own), forward hooks capture the logits (``output_layer``) and the hidden states of the chosen layer
+pairs of both models, and the teacher is hidden from ``sharded_state_dict`` so checkpoints hold the
+student only. The losses are modelopt's:
+
+- ``LogitsKLLoss(T)``: per token ``KL(softmax(t / T) || softmax(s / T))`` over the whole vocabulary.
+  Under TP the logits are vocab-sharded ``[s, b, V / TP]``: it all-reduces the max and the softmax
+  denominators (differentiably) and returns each rank's partial sum over its vocabulary slice with
+  ``tp_reduce=True``. No ``T^2`` factor (modelopt's and Megatron-LM's convention): scale ``kl_weight``.
+- ``HiddenStateCosineLoss``: ``1 - cos`` per token between the student's hidden state, through a
+  trained ``ProjectionLayer`` (``nn.Linear`` student width -> teacher width; identity when equal), and
+  the teacher's. Use full-width states (the final norm's output, a layer's output), as modelopt says.
+
+:func:`distill_forward_step` is the Megatron forward step. Its loss is
+``(kl_weight * KL + hidden_weight * mean_pairs(cos) + lm_weight * CE) / loss tokens`` with fixed weights
+(modelopt's ``LogitsAndIntermediatesLossBalancer`` rescales the terms to each other dynamically; we
+keep the weights the user wrote, applied by :class:`FixedWeightBalancer`). Sums over a
+vocab-sharded or sequence-parallel tensor are all-reduced over TP for their *value* only; the
+gradient stays the local part's, which is the exact gradient of the total (the softmax coupling
+between shards goes through modelopt's differentiable all-reduce). It reports ``[sum, count]``:
+``kd_loss``, ``lm loss`` (the student's CE, computed without gradient when ``lm_weight`` is 0),
+``hidden_loss`` (when pairs are set), ``distill_loss`` (the weighted total).
+
+Left out: pipeline parallelism (modelopt concatenates teacher and student activations between
+stages, which needs its shape hook in the schedule), top-k logit KL, cached teacher logits.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from types import MethodType
+from typing import List, Sequence, Tuple
+
+import modelopt.torch.distill as mtd
+import torch
+import torch.distributed as dist
+
+LOGITS_LAYER = "output_layer"
+FINAL_NORMS = ("decoder.final_layernorm", "decoder.final_norm")  # GPTModel, MambaModel
+
+
+def final_norm_name(model) -> str:
+    """The name of the final norm of a bare ``GPTModel`` or ``MambaModel`` chunk."""
+    names = dict(model.named_modules())
+    for name in FINAL_NORMS:
+        if name in names:
+            return name
+    raise ValueError(f"{type(model).__name__} has none of {FINAL_NORMS}: name the hidden-state layers explicitly")
+
+
+def parse_layer_pairs(entries: Sequence[str], student, teacher) -> List[Tuple[str, str]]:
+    """``["final"]`` / ``["decoder.layers.1:decoder.layers.3", "decoder.final_layernorm"]`` as
+    ``(student layer, teacher layer)`` pairs of submodule names; one name means the same in both and
+    ``final`` the final norm of each. Names are checked against both models."""
+    pairs = []
+    s_names, t_names = dict(student.named_modules()), dict(teacher.named_modules())
+    for e in entries:
+        s, _, t = e.partition(":")
+        t = t or s
+        s = final_norm_name(student) if s == "final" else s
+        t = final_norm_name(teacher) if t == "final" else t
+        for name, names, who in ((s, s_names, "student"), (t, t_names, "teacher")):
+            if name not in names:
+                layers = sorted(n for n in names if n.count(".") <= 2 and n.startswith("decoder."))
+                raise ValueError(f"hidden-state layer {name!r} is not a submodule of the {who} "
+                                 f"({type(names['']).__name__}); some that are: {', '.join(layers[:12])}")
+        pairs.append((s, t))
+    return pairs
+
+
+class FixedWeightBalancer(mtd.DistillationLossBalancer):
+    """``{"LogitsKLLoss_0": kl, "HiddenStateCosineLoss_i": h_i, ...}`` plus the student's CE ->
+    the weighted total and its parts (a modelopt ``DistillationLossBalancer`` with static weights)."""
+
+    def __init__(self, kl_weight: float, hidden_weight: float, lm_weight: float):
+        super().__init__()
+        self.kl_weight, self.hidden_weight, self.lm_weight = kl_weight, hidden_weight, lm_weight
+
+    def forward(self, losses: dict, lm) -> dict:
+        kd = losses.pop("LogitsKLLoss_0")
+        hidden = sum(losses.values()) / len(losses) if losses else None
+        total = self.kl_weight * kd + self.lm_weight * lm
+        if hidden is not None:
+            total = total + self.hidden_weight * hidden
+        return {"distill_loss": total, "kd_loss": kd, "hidden_loss": hidden, "lm loss": lm}
+
+
+def build_distillation_model(student, teacher, *, temperature: float, hidden_pairs: Sequence[Tuple[str, str]],
+                             kl_weight: float, hidden_weight: float, lm_weight: float):
+    """``student`` (a bare chunk, converted in place: its state-dict keys stay the student's, plus
+    the projection's under ``_loss_modules``) wrapped with the frozen ``teacher`` chunk."""
+    from modelopt.torch.distill.plugins.megatron import (DistillationConfig, HiddenStateCosineLoss, LogitsKLLoss,
+                                                         ProjectionLayer, adjust_distillation_model_for_mcore)
+
+    s_cfg, t_cfg = student.config, teacher.config
+    criterion = {(LOGITS_LAYER, LOGITS_LAYER): LogitsKLLoss(s_cfg, temperature=temperature)}
+    if hidden_pairs:
+        projection = ProjectionLayer(s_cfg, t_cfg)  # shared by the pairs, as modelopt does
+        for s, t in hidden_pairs:
+            criterion[(s, t)] = HiddenStateCosineLoss(s_cfg, projection_layer=projection)
+    balancer = FixedWeightBalancer(kl_weight, hidden_weight, lm_weight)
+    model = mtd.convert(student, mode=[("kd_loss", {"teacher_model": teacher, "criterion": criterion,
+                                                    "loss_balancer": balancer})])
+    # skip_lm_loss=False: the student's CE is always computed, for the report; without gradient at weight 0.
+    adjust_distillation_model_for_mcore(model, DistillationConfig(skip_lm_loss=False, criterion=criterion,
+                                                                  loss_balancer=balancer))
+    ce = model.compute_language_model_loss
+
+    def _lm_loss(self, labels, logits):
+        # Megatron's vocab-parallel CE rewrites its input in place (max subtracted, then exp) and
+        # GPTModel hands it ``logits.float()``, the very tensor the hook captured when the model is
+        # fp32: the KL would then read exp(logits - max). Give the CE its own copy.
+        logits = logits.clone() if logits.dtype == torch.float32 else logits
+        with torch.set_grad_enabled(torch.is_grad_enabled() and lm_weight > 0):
+            return ce(labels, logits)
+
+    model.compute_language_model_loss = MethodType(_lm_loss, model)
+    model._nr_loading_input = False
+    _hide_loss_modules_when_loading_input(model)
+    return model
+
+
+def _hide_loss_modules_when_loading_input(model) -> None:
+    """The step's input checkpoint (a plain student) has no projection weights; this step's own
+    checkpoints do. ``_nr_loading_input`` (set by the step around that first load) leaves them out of
+    the requested state dict, so they keep their initialisation."""
+    with_teacher_hidden = model.sharded_state_dict
+
+    def _sharded_state_dict(self, *args, **kwargs):
+        with self.hide_loss_modules(enable=self._nr_loading_input):
+            return with_teacher_hidden(*args, **kwargs)
+
+    model.sharded_state_dict = MethodType(_sharded_state_dict, model)
+
+
+def distillation_model_of(model):
+    """The ``DistillationModel`` inside DDP / ``Float16Module`` wrappers."""
+    m = model
+    while not isinstance(m, mtd.DistillationModel):
+        if not hasattr(m, "module"):
+            raise TypeError(f"{type(model).__name__} holds no DistillationModel: build it with build_distillation_model")
+        m = m.module
+    return m
+
+
+def _tp_group():
+    from megatron.core import parallel_state
+
+    return parallel_state.get_tensor_model_parallel_group(), parallel_state.get_tensor_model_parallel_world_size()
+
+
+def masked_sum(loss_mask: torch.Tensor, loss_out) -> torch.Tensor:
+    """modelopt's ``loss_reduction_fn``: ``(loss [b, s], tp_reduce, is_sequence_parallel)`` -> the
+    masked sum over this rank's tokens. A partial sum (a vocabulary slice; a sequence slice under
+    sequence parallelism) is all-reduced over TP for its value; its gradient stays local."""
+    loss, tp_reduce, seq_parallel = loss_out if isinstance(loss_out, tuple) else (loss_out, False, False)
+    group, tp = _tp_group()
+    mask = loss_mask
+    if seq_parallel and tp > 1:  # the loss covers this rank's sequence chunk only
+        mask = torch.tensor_split(loss_mask, tp, dim=1)[torch.distributed.get_rank(group)]
+    local = torch.sum(loss.float().reshape(-1) * mask.reshape(-1).float())
+    if (tp_reduce or seq_parallel) and tp > 1:
+        total = local.detach().clone()
+        dist.all_reduce(total, group=group)
+        return local + (total - local.detach())
+    return local
+
+
+def _distill_loss(dmodel, loss_mask, num_tokens, output_tensor):
+    mask = loss_mask.reshape(-1).float()
+    lm_sum = torch.sum(output_tensor.float().reshape(-1) * mask)
+    parts = dmodel.compute_kd_loss(loss_reduction_fn=partial(masked_sum, loss_mask), skip_balancer=True)
+    out = dmodel.loss_balancer(parts, lm_sum)
+    count = mask.sum().detach()
+    report = {k: torch.stack([v.detach().reshape(()), count]) for k, v in out.items() if v is not None}
+    return out["distill_loss"] / num_tokens.to(lm_sum).clamp(min=1.0), report
+
+
+def distill_forward_step(data_iterator, model):
+    """One micro-batch through teacher (no grad) and student; the loss of the module docstring.
+    Context parallelism as in :mod:`nemo_reason.training.losses` (local sums over the whole
+    sequence's token count)."""
+    from nemo_reason.training.losses import batch_on_this_cp_rank
+
+    batch, num_tokens = batch_on_this_cp_rank(next(data_iterator))
+    device = next(model.parameters()).device
+    tokens = batch["tokens"].to(device, non_blocking=True)
+    labels = batch["labels"].to(device, non_blocking=True)
+    position_ids = batch["position_ids"].to(device, non_blocking=True)
+    loss_mask = batch["loss_mask"].to(device, non_blocking=True)
+    output = model(tokens, position_ids, None, labels=labels)  # the student's per-token CE [b, s]
+    return output, partial(_distill_loss, distillation_model_of(model), loss_mask, num_tokens.to(device))
