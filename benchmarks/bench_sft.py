@@ -24,7 +24,8 @@ bundled math conversations run up to about 200 tokens, longer than the recipe's 
   micro-batch 8.
 
 Target: SFT within 5% of pretraining (ratio >= 0.95). ``--profile`` prints a cProfile of the SFT
-steps of the first setting. Appends a section to docs/benchmarks.md with ``--record``.
+steps of the first setting. ``--record`` appends a dated subsection to the SFT section of
+docs/benchmarks.md.
 
     python benchmarks/bench_sft.py --steps 10 --repeats 5 [--record]
 """
@@ -163,10 +164,25 @@ def main():
              "Target: SFT / pretrain >= 0.95."]
     print("\n".join(lines))
     if args.record:
-        doc = REPO / "docs" / "benchmarks.md"
         cmd = " ".join(["python benchmarks/bench_sft.py", *sys.argv[1:]]).replace(" --record", "")
-        doc.write_text(doc.read_text().rstrip("\n") + "\n\n## SFT vs pretraining tokens/s (benchmarks/bench_sft.py)\n\n"
-                       f"Command: `{cmd} --record` ({datetime.date.today()})\n\n" + "\n".join(lines) + "\n")
+        record(REPO / "docs" / "benchmarks.md", f"### {datetime.date.today()}: `{cmd} --record`\n\n" + "\n".join(lines))
+
+
+SECTION = "## SFT vs pretraining tokens/s (benchmarks/bench_sft.py)"
+
+
+def record(doc: Path, block: str) -> None:
+    """Append ``block`` (a dated ``###`` subsection) at the end of the SFT section of ``doc``, before
+    the next ``##`` heading; the section is started at the end of the file when absent."""
+    text = doc.read_text()
+    start = text.find(SECTION)
+    if start < 0:
+        doc.write_text(text.rstrip("\n") + f"\n\n{SECTION}\n\n{block}\n")
+        return
+    nxt = text.find("\n## ", start + len(SECTION))
+    end = len(text) if nxt < 0 else nxt + 1
+    rest = text[end:]
+    doc.write_text(text[:end].rstrip("\n") + f"\n\n{block}\n" + ("\n" + rest if rest else ""))
 
 
 if __name__ == "__main__":
