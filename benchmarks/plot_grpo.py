@@ -2,10 +2,11 @@
 
     python benchmarks/plot_grpo.py RUN_DIR/grpo --heldout heldout.json --out docs/img/grpo_math.png
 
-Reads ``metrics.jsonl`` of the step folder (``reward`` per step, and ``heldout/math/pass@1`` where the
-step logged it with ``heldout_every``), plus, optionally, a JSON file of extra held-out points
+Reads ``metrics.jsonl`` of the step folder (``reward`` per step, and ``heldout/math/pass@1`` (greedy) and
+``heldout/math/pass@1_sampled`` where the step logged them with ``heldout_every`` / ``heldout_samples``),
+plus, optionally, a JSON file of extra held-out points
 ``{"points": [{"step": 0, "pass@1": 0.12, "stderr": 0.02, "label": "..."}]}`` (``nemo-reason eval`` of
-the checkpoints before and after, with the binomial standard error as error bars). Writes one PNG
+the checkpoints before and after, with the binomial standard error as error bars; one series per label). Writes one PNG
 with two panels sharing the step axis. Needs matplotlib (a docs-only dependency, not the package's).
 """
 
@@ -30,7 +31,8 @@ def plot(step_dir: Path, out: Path, heldout: Path | None = None, domain: str = "
     steps = [r["step"] for r in recs if "reward" in r]
     reward = [r["reward"] for r in recs if "reward" in r]
     key = f"heldout/{domain}/pass@1"
-    logged = [(r["step"], r[key]) for r in recs if key in r]
+    series = [(k, label) for k, label in ((key, "greedy"), (key + "_sampled", "sampled"))
+              if any(k in r for r in recs)]
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
     ax1.plot(steps, reward, lw=0.8, alpha=0.5, label="reward (per step)")
     if len(reward) >= 5:  # a 5-step running mean, so the trend reads through the per-step noise
@@ -39,12 +41,14 @@ def plot(step_dir: Path, out: Path, heldout: Path | None = None, domain: str = "
     ax1.set_ylabel("training reward")
     ax1.legend(loc="lower right")
     ax1.grid(alpha=0.3)
-    if logged:
-        ax2.plot(*zip(*logged), "o-", label=f"{key} (step's held-out eval)")
+    for k, label in series:
+        ax2.plot(*zip(*[(r["step"], r[k]) for r in recs if k in r]), "o-", label=f"{label} (step's held-out eval)")
     if heldout is not None:
         pts = json.loads(Path(heldout).read_text())["points"]
-        ax2.errorbar([p["step"] for p in pts], [p["pass@1"] for p in pts], yerr=[p.get("stderr", 0) for p in pts],
-                     fmt="s-", capsize=4, label=pts[0].get("label", "nemo-reason eval"))
+        for label in dict.fromkeys(p.get("label", "nemo-reason eval") for p in pts):  # one series per label
+            mine = [p for p in pts if p.get("label", "nemo-reason eval") == label]
+            ax2.errorbar([p["step"] for p in mine], [p["pass@1"] for p in mine],
+                         yerr=[p.get("stderr", 0) for p in mine], fmt="s--", capsize=4, label=label)
     ax2.set_xlabel("GRPO step")
     ax2.set_ylabel(f"held-out {domain} pass@1")
     ax2.legend(loc="lower right")

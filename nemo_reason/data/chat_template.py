@@ -5,6 +5,7 @@ name       what
 =========  ====================================================================================
 chatml     ``<|im_start|>{role}\\n{content}<|im_end|>\\n`` per message (Qwen/ChatML layout)
 plain      ``{Role}: {content}\\n\\n`` per message (``System``, ``User``, ``Assistant``)
+qa         the bundled math prompt: user ``Question: {content}\\nSolution:``, assistant `` {content}``
 hf         the Jinja ``chat_template`` of a Hugging Face tokenizer's ``tokenizer_config.json``
 =========  ====================================================================================
 
@@ -13,6 +14,14 @@ have no special chat tokens, so ``<|im_start|>`` becomes its bytes (ten or so to
 tokenizer's ``eod`` is appended after the last assistant turn (trained, so the model learns to
 stop). Under ``chatml`` the trained part of an assistant turn is ``{content}<|im_end|>\\n``; the
 ``<|im_start|>assistant\\n`` header is not trained.
+
+``qa`` renders a conversation exactly as the evaluation and the ``grpo`` step prompt a math
+problem (``DOMAINS["math"].template`` of :mod:`nemo_reason.evaluation.tasks`, ``Question: {question}
+\\nSolution:``): a user turn is that prompt, untrained; the assistant turn is `` {content}``,
+trained, and the eod follows it. A bundled math record becomes the text the pretraining reads
+(``Question: ...\\nSolution: ...\\nAnswer: N``), so SFT trains exactly the completion a rollout
+samples. A system message is its content and a blank line, untrained; a later turn starts on a
+new line.
 
 ``hf`` renders with jinja2 the way ``transformers`` does (sandboxed, ``trim_blocks`` and
 ``lstrip_blocks``; ``messages``, ``add_generation_prompt``, the special tokens of the config,
@@ -93,6 +102,32 @@ class PlainTemplate(_Builtin):
     @staticmethod
     def header(role: str) -> str:
         return f"{role.capitalize()}: "
+
+
+@CHAT_TEMPLATES.register("qa", "the math eval/GRPO prompt: Question: user\\nSolution: assistant")
+class QATemplate(ChatTemplate):
+    """User turns in the math evaluation prompt, assistant turns as its continuation."""
+
+    @staticmethod
+    def _user(content: str) -> str:
+        from nemo_reason.evaluation.tasks import DOMAINS, render_prompt
+
+        return render_prompt(DOMAINS["math"].template, {"question": content}, "qa chat template")
+
+    def segments(self, messages):
+        out: Segments = []
+        for i, m in enumerate(messages):
+            sep = "\n" if i and messages[i - 1]["role"] == "assistant" else ""
+            if m["role"] == "assistant":
+                out.append((" " + m["content"], True))
+            elif m["role"] == "system":
+                out.append((sep + m["content"] + "\n\n", False))
+            else:
+                out.append((sep + self._user(m["content"]), False))
+        return out
+
+    def generation_prompt(self, messages):
+        return self.render(messages)
 
 
 def _special(cfg: dict, key: str) -> str:
@@ -180,7 +215,7 @@ class JinjaTemplate(ChatTemplate):
 
 
 def build_chat_template(name: str = "auto", tokenizer=None) -> ChatTemplate:
-    """``chatml``/``plain``; ``hf`` (the tokenizer's config must hold a ``chat_template``); ``auto``:
+    """``chatml``/``plain``/``qa``; ``hf`` (the tokenizer's config must hold a ``chat_template``); ``auto``:
     the hf tokenizer's own template when its config has one, else ``chatml``."""
     config = _tokenizer_config(tokenizer)
     if name == "auto":

@@ -1,7 +1,9 @@
 """Supervised fine-tuning data: conversations -> tokenized, assistant-only-loss samples, packed or not.
 
 Sources are JSONL files (plain, ``.gz``, ``.zst``) or bundled corpora (``bundled:math``,
-``bundled:mcq:500``: name and optional size, :mod:`nemo_reason.data.corpora`). A record is one of
+``bundled:mcq:500``: name and optional size, :mod:`nemo_reason.data.corpora`; record filters as
+in a blend, ``bundled:math:2000@difficulty<=1``: of the 2,000 records, the easy ones; ``quality``
+is not a filter here). A record is one of
 
 * ``{"messages": [{"role": "system"|"user"|"assistant", "content": "..."}, ...]}``;
 * ``{"prompt": "...", "response": "..."}`` (optional ``"system"``): one user turn, one answer;
@@ -118,10 +120,14 @@ def _records(source: str, cache_dir: str) -> Iterator[Tuple[str, object]]:
     if source.startswith("bundled:"):
         from nemo_reason.data.corpora import build_bundled
 
-        name, _, num = source[len("bundled:"):].partition(":")
+        body, at, _ = source[len("bundled:"):].partition("@")
+        name, _, num = body.partition(":")
         if name not in SFT_CORPORA:
             raise ConfigError(f"SFT source {source}: no SFT conversion for corpus {name!r}; use one of "
                               f"{', '.join('bundled:' + n for n in SFT_CORPORA.names())}")
+        if at:  # record filters (bundled:math:2000@difficulty<=1): the first NUM records, then the filter
+            yield from _filtered_records(source)
+            return
         path = str(build_bundled(name, int(num) if num else None, cache_dir=cache_dir))
     else:
         path = str(Path(source).expanduser())
@@ -135,6 +141,20 @@ def _records(source: str, cache_dir: str) -> Iterator[Tuple[str, object]]:
                 yield f"{path}:{line_no}", json.loads(line)
             except ValueError as exc:
                 yield f"{path}:{line_no}", BadRecord("malformed JSON", f"not valid JSON ({exc})")
+
+
+def _filtered_records(source: str) -> Iterator[Tuple[str, object]]:
+    """The records of a filtered bundled source (the grammar of :mod:`nemo_reason.data.sources`)."""
+    from nemo_reason.data.corpora import generate
+    from nemo_reason.data.sources import SourceError, parse_source
+
+    try:
+        spec = parse_source(source)
+    except SourceError as exc:
+        raise ConfigError(f"SFT source {source}: {exc}") from None
+    for i, rec in enumerate(generate(spec.corpus, spec.num, spec.seed), start=1):
+        if spec.keep(rec, None):
+            yield f"{source}#{i}", rec
 
 
 def read_documents(sources: Sequence[str], tokenizer, template: ChatTemplate, seq_length: int,

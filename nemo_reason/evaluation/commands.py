@@ -1,6 +1,6 @@
 """The generation subcommands of ``nemo-reason``: ``eval`` and ``generate``, from a checkpoint alone.
 
-    nemo-reason eval CHECKPOINT [--tasks math,mcq,code] [--input FILE.jsonl --question-field q
+    nemo-reason eval CHECKPOINT [--tasks math,mcq,code] [--max-difficulty N] [--input FILE.jsonl --question-field q
                      --answer-field a --tests-field t --verifier NAME] [--num-prompts N] [-n N] [-k K]
                      [--temperature T --top-p P --top-k K --greedy --max-new-tokens M --stop S]
                      [--prompt-template T] [--output results.json] [--samples-output samples.jsonl]
@@ -120,6 +120,21 @@ def _eval_config(ns):
     return step
 
 
+def _build_tasks(step, sources, max_difficulty: int):
+    """The eval step's tasks; with ``max_difficulty`` the bundled held-out splits narrowed to records of
+    difficulty <= it (the held-out check unchanged: every record of ``sources``)."""
+    from nemo_reason.evaluation.tasks import bundled_tasks
+    from nemo_reason.stages.eval import build_tasks
+
+    if not max_difficulty:
+        return build_tasks(step, sources)
+    if max_difficulty < 0:
+        raise ConfigError(f"--max-difficulty {max_difficulty}: must be >= 1 (0: every difficulty)")
+    tasks = bundled_tasks(step.tasks, step.num_prompts, sources, step.prompt_template, step.stop,
+                          max_difficulty=max_difficulty)
+    return tasks + (build_tasks(dataclasses.replace(step, tasks=[]), sources) if step.input else [])
+
+
 def cmd_eval(ns) -> int:
     from nemo_reason.checkpoint.commands import resolve_checkpoint
     from nemo_reason.evaluation.run import evaluate, format_table
@@ -128,7 +143,7 @@ def cmd_eval(ns) -> int:
 
     step = _eval_config(ns)
     ckpt = resolve_checkpoint(ns.checkpoint)
-    tasks = build_tasks(step, training_sources(_run_data_of(ckpt)))  # every input check, before the model
+    tasks = _build_tasks(step, training_sources(_run_data_of(ckpt)), ns.max_difficulty)  # before the model
     for t in tasks:
         _say(f"[eval] {describe_task(t, step.n)}")
     with checkpoint_model(str(ckpt), step.seed) as (model, tok, ckpt):
@@ -256,6 +271,8 @@ def add_eval_commands(sub) -> None:
                    help="comma-separated bundled domains: math,mcq,code (default: all three; none with --input)")
     p.add_argument("--num-prompts", type=int, default=d.num_prompts,
                    help=f"prompts per domain (default {d.num_prompts})")
+    p.add_argument("--max-difficulty", type=int, default=0, metavar="N",
+                   help="held-out records of difficulty <= N only (bundled math: 1-5; default 0: all)")
     p.add_argument("-k", "--k", type=int, default=None, help="k of pass@k and maj@k (default: n)")
     _sampling_options(p, d.n, d.temperature, d.top_p, d.max_new_tokens)
     p.add_argument("--prompt-template", default="", metavar="T",

@@ -16,6 +16,8 @@ data), nor of an earlier kept record. :func:`check_held_out` then verifies the r
 independently of how it was chosen and raises :class:`HeldOutError` on any overlap; the eval step
 and ``nemo-reason eval`` both call it before generating. Filters on a training source
 (``bundled:math@difficulty>=4``) are ignored there: the check covers the unfiltered superset.
+``max_difficulty`` narrows the held-out split itself (records of difficulty <= N, for a model
+trained on the easy templates) and leaves the check as it is.
 
 Consequence worth knowing: the code corpus' prompts vary by few parameters, so its held-out split
 holds only the templates with parameterised prompts (``clamp_all``, ``fizzbuzz_words`` at the
@@ -204,8 +206,10 @@ def prompt_fields(question: str, record: dict, instruction: str) -> dict:
 
 def held_out_task(domain: str, num: int, sources: Sequence[str] = DEFAULT_TRAINING_SOURCES,
                   template: str = "", stop: Optional[Sequence[str]] = None, seed: int = EVAL_SEED,
-                  max_candidates: int = 50_000) -> EvalTask:
-    """``num`` records of bundled ``domain`` at ``seed`` whose questions are in no training source."""
+                  max_candidates: int = 50_000, max_difficulty: int = 0) -> EvalTask:
+    """``num`` records of bundled ``domain`` at ``seed`` whose questions are in no training source;
+    with ``max_difficulty`` > 0 only records whose ``difficulty`` is at most that (the held-out
+    check still covers every record of the sources, unfiltered)."""
     from nemo_reason.data.corpora import generate
 
     if domain not in DOMAINS:
@@ -220,6 +224,9 @@ def held_out_task(domain: str, num: int, sources: Sequence[str] = DEFAULT_TRAINI
     records: List[EvalRecord] = []
     template = template or d.template
     for i, rec in enumerate(generate(domain, max_candidates, seed)):
+        if max_difficulty and not (isinstance(rec.get("difficulty"), (int, float))
+                                   and rec["difficulty"] <= max_difficulty):
+            continue
         q = rec[d.question_key]
         h = question_hash(q)
         if h in train or h in taken:
@@ -232,10 +239,16 @@ def held_out_task(domain: str, num: int, sources: Sequence[str] = DEFAULT_TRAINI
         if len(records) == num:
             break
     if not records:
+        if max_difficulty:
+            raise HeldOutError(f"bundled {domain}: no held-out record of difficulty <= {max_difficulty} among "
+                               f"{max_candidates} candidates at seed {seed} (the corpus may have no difficulty "
+                               "field); raise max_difficulty or set it to 0")
         raise HeldOutError(f"bundled {domain}: every one of {max_candidates} candidate records at seed {seed} is a "
                            f"training question of {', '.join(sources)}; nothing is held out")
     task = EvalTask(domain, d.verifier, template, list(d.stop if stop is None else stop), records)
     task.held_out = {"seed": seed, "requested": num, **check_held_out(records, sources)}
+    if max_difficulty:
+        task.held_out["max_difficulty"] = max_difficulty
     return task
 
 
@@ -304,6 +317,8 @@ def describe_task(task: EvalTask, n: int) -> str:
     h = task.held_out
     line = f"{task.domain}: {len(task.records)} prompts x {n} samples, verifier {task.verifier}"
     if "seed" in h:
+        if h.get("max_difficulty"):
+            line += f", difficulty <= {h['max_difficulty']}"
         line += f", held out (seed {h['seed']}): none of them in {', '.join(h['checked_against'])}"
         if len(task.records) < h["requested"]:
             line += f"; only {len(task.records)} of the {h['requested']} asked for exist"
@@ -313,5 +328,5 @@ def describe_task(task: EvalTask, n: int) -> str:
 
 
 def bundled_tasks(names: Iterable[str], num: int, sources: Sequence[str] = DEFAULT_TRAINING_SOURCES,
-                  template: str = "", stop: Optional[Sequence[str]] = None) -> List[EvalTask]:
-    return [held_out_task(n, num, sources, template, stop) for n in names]
+                  template: str = "", stop: Optional[Sequence[str]] = None, max_difficulty: int = 0) -> List[EvalTask]:
+    return [held_out_task(n, num, sources, template, stop, max_difficulty=max_difficulty) for n in names]

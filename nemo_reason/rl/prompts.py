@@ -9,7 +9,9 @@ so no held-out prompt can be drawn here (:func:`build_prompt_source` refuses a s
 list, and the run seed only orders the stream, it never picks other records). A domain may appear
 more than once with different ``templates`` (``[mcq, mcq]`` with ``[mcq, open]``: both CrossThink
 forms of the same records). Templates and the verifiable-answer and difficulty filters are
-:mod:`nemo_reason.rl.crossthink`'s.
+:mod:`nemo_reason.rl.crossthink`'s. ``max_difficulty`` keeps only records whose corpus field
+``difficulty`` is at most that (bundled math: 1 one-step sums, 2 products/rates/averages, ... 5),
+counted as ``too_difficult`` in the log line; the pool is the same default source, narrowed.
 
 **The stream.** Global draw ``g`` (0, 1, 2, ...) picks entry ``e`` by ``domain_weights`` with a
 uniform that is a hash of ``(seed, g)`` (sampled, so every data-parallel rank sees every domain),
@@ -49,6 +51,9 @@ class PromptFields:
     templates: List[str] = field(default_factory=list)
     # CrossThink's short-answer filter: open-ended prompts whose answer has more words are dropped (0: no limit).
     max_answer_words: int = 10
+    # Record filter: only records whose corpus `difficulty` is <= max_difficulty (math: 1-5; 0: off). Records
+    # without a difficulty are dropped when it is on. The held-out pass@1 of the step uses the same filter.
+    max_difficulty: int = 0
     # Difficulty filter: k rollouts per candidate prompt by the step's input model; solved k of k: dropped (0: off).
     difficulty_samples: int = 0
     # Candidate prompts per domain entry the difficulty filter tests (0: all); the stream draws only the kept ones.
@@ -88,7 +93,7 @@ class PromptFields:
                 raise ConfigError(f"{where}: domain {domain!r} with template {template!r} is listed twice (for mcq, "
                                   "native and mcq are the same form); merge them (add their weights)")
             seen.add(form)
-        for name in ("max_answer_words", "difficulty_samples", "difficulty_pool"):
+        for name in ("max_answer_words", "difficulty_samples", "difficulty_pool", "max_difficulty"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{where}: {name} must be >= 0 (0 turns it off / means all)")
         if self.difficulty_batch < 1:
@@ -221,7 +226,7 @@ class PromptSource:
         return "prompts: " + "; ".join(parts)
 
 
-def _entry_pool(domain: str, template: str, verifier: str, max_answer_words: int):
+def _entry_pool(domain: str, template: str, verifier: str, max_answer_words: int, max_difficulty: int = 0):
     """``(prompts, records, dropped {reason: n})`` of one entry, before the difficulty filter."""
     from nemo_reason.data.corpora import DEFAULT_SEED, DEFAULT_SIZE, generate
     from nemo_reason.evaluation.tasks import DEFAULT_TRAINING_SOURCES, DOMAINS
@@ -236,6 +241,8 @@ def _entry_pool(domain: str, template: str, verifier: str, max_answer_words: int
     for i, rec in enumerate(generate(domain, DEFAULT_SIZE.get(domain, 2000), DEFAULT_SEED)):
         n += 1
         why = crossthink.drop_reason(domain, template, rec, max_answer_words)
+        if why is None and max_difficulty and not _easy_enough(rec, max_difficulty):
+            why = "too_difficult"
         if why is not None:
             dropped[why] = dropped.get(why, 0) + 1
             continue
@@ -243,6 +250,11 @@ def _entry_pool(domain: str, template: str, verifier: str, max_answer_words: int
         text, sample, native_verifier = crossthink.render(domain, template, rec, key)
         prompts.append(Prompt(domain, text, sample, verifier or native_verifier, key, template, stop))
     return prompts, n, dropped
+
+
+def _easy_enough(record: dict, max_difficulty: int) -> bool:
+    d = record.get("difficulty")
+    return isinstance(d, (int, float)) and not isinstance(d, bool) and d <= max_difficulty
 
 
 def build_prompt_source(step_cfg, cfg, ctx, tokenizer, model=None, log=print) -> PromptSource:
@@ -259,7 +271,8 @@ def build_prompt_source(step_cfg, cfg, ctx, tokenizer, model=None, log=print) ->
     k = int(step_cfg.difficulty_samples)
     pools, weights, labels, report, candidates = [], [], [], {}, []
     for e, (domain, template, weight, verifier) in enumerate(step_cfg.entries()):
-        prompts, n, dropped = _entry_pool(domain, template, verifier, step_cfg.max_answer_words)
+        prompts, n, dropped = _entry_pool(domain, template, verifier, step_cfg.max_answer_words,
+                                          int(getattr(step_cfg, "max_difficulty", 0)))
         label = prompts[0].label if prompts else (domain if crossthink.is_native(domain, template)
                                                   else f"{domain}_{template}")
         if k and prompts:

@@ -100,9 +100,13 @@ class GRPOConfig(StepConfig, PromptFields):
     overlong_filter: bool = False
     # Verifier worker processes per rank (0: score in this process; code always runs in its sandbox).
     reward_workers: int = 0
-    # Held-out pass@1 every heldout_every steps (0: off) on heldout_prompts prompts per domain.
+    # Held-out pass@1 every heldout_every steps (0: off) on heldout_prompts prompts per domain (records of
+    # difficulty <= max_difficulty when that is set): greedy, and with heldout_samples > 0 also the mean over
+    # that many samples per prompt at heldout_temperature (heldout/<domain>/pass@1_sampled).
     heldout_every: int = 0
     heldout_prompts: int = 64
+    heldout_samples: int = 0
+    heldout_temperature: float = 1.0
 
     def validate(self) -> None:
         where = f"pipeline step '{self.name or self.type}'"
@@ -458,7 +462,13 @@ def _policy_loss(step: GRPOConfig, b: dict, logits):
 
 
 def build_heldout(step: GRPOConfig, cfg, ctx, tok):
-    """``evaluate(state) -> {"heldout/<domain>/pass@1": ...}`` for run_loop (rank 0 gets the numbers)."""
+    """``evaluate(state) -> {"heldout/<domain>/pass@1": ...}`` for run_loop (rank 0 gets the numbers):
+    greedy pass@1, and with ``heldout_samples`` n > 0 ``pass@1_sampled``, the unbiased pass@1 of n
+    samples per prompt at ``heldout_temperature``, on the held-out split narrowed to difficulty <=
+    ``max_difficulty`` when that is set (the same filter as the training prompts)."""
+    if step.heldout_samples < 0 or not step.heldout_temperature > 0:
+        raise ConfigError(f"step '{ctx.step_name}' (grpo): heldout_samples={step.heldout_samples} must be >= 0 (0: "
+                          f"greedy only) and heldout_temperature={step.heldout_temperature} > 0")
     tasks: list = []
 
     def evaluate_fn(state) -> dict:
@@ -469,17 +479,23 @@ def build_heldout(step: GRPOConfig, cfg, ctx, tok):
         from nemo_reason.rollout.sampler import SamplingParams
 
         if not tasks:  # once, at the first evaluation
-            tasks.extend(held_out_task(d, step.heldout_prompts, training_sources(cfg.data))
+            tasks.extend(held_out_task(d, step.heldout_prompts, training_sources(cfg.data),
+                                       max_difficulty=int(step.max_difficulty))
                          for d in dict.fromkeys(step.domains))
         dp = None
         if ctx.dims.dp > 1:
             dp = (ctx.dims.dp_rank, ctx.dims.dp, parallel_state.get_data_parallel_group())
-        params = SamplingParams(n=1, greedy=True, max_new_tokens=step.max_new_tokens, seed=cfg.run.seed)
-        res = evaluate(state.model, tok, tasks, params, 1, batch_size=max(step.heldout_prompts, 1),
-                       reward_workers=0, log=None, dp=dp, rank=ctx.rank, keep_samples=False)
-        if res is None:
-            return {}
-        return {f"heldout/{d}/pass@1": r["pass@1"] for d, r in res["domains"].items()}
+        runs = [("pass@1", SamplingParams(n=1, greedy=True, max_new_tokens=step.max_new_tokens, seed=cfg.run.seed))]
+        if step.heldout_samples:
+            runs.append(("pass@1_sampled", SamplingParams(n=step.heldout_samples, temperature=step.heldout_temperature,
+                                                          max_new_tokens=step.max_new_tokens, seed=cfg.run.seed + 1)))
+        out: dict = {}
+        for name, params in runs:
+            res = evaluate(state.model, tok, tasks, params, 1, batch_size=max(step.heldout_prompts, 1),
+                           reward_workers=0, log=None, dp=dp, rank=ctx.rank, keep_samples=False)
+            if res is not None:
+                out.update({f"heldout/{d}/{name}": r["pass@1"] for d, r in res["domains"].items()})
+        return out
 
     return evaluate_fn
 

@@ -27,7 +27,7 @@ from nemo_reason.stages import StepContext, StepResult, register_step
 class SFTConfig(StepConfig):
     # Conversation sources: JSONL files ({messages} or {prompt, response}) or bundled:math|mcq|code[:N].
     sources: List[str] = field(default_factory=lambda: ["bundled:math"])
-    # Chat template: auto (the HF tokenizer's chat_template, else chatml), chatml, plain or hf.
+    # Chat template: auto (the HF tokenizer's chat_template, else chatml), chatml, plain, qa or hf.
     template: str = "auto"
     # Pack several conversations into each sequence (positions and attention reset at boundaries).
     packed: bool = True
@@ -40,8 +40,11 @@ class SFTConfig(StepConfig):
         where = f"pipeline step '{self.name or self.type}'"
         if not self.sources:
             raise ConfigError(f"{where}: sources is empty: give JSONL files or bundled:math|mcq|code")
-        if self.template not in ("auto", "chatml", "plain", "hf"):
-            raise ConfigError(f"{where}: template={self.template!r}: use auto, chatml, plain or hf")
+        from nemo_reason.data.chat_template import CHAT_TEMPLATES
+
+        names = ("auto", *CHAT_TEMPLATES.names())
+        if self.template not in names:
+            raise ConfigError(f"{where}: template={self.template!r}: use one of {', '.join(names)}")
         if self.eval_conversations < 0:
             raise ConfigError(f"{where}: eval_conversations must be >= 0")
 
