@@ -6,8 +6,9 @@ its optimizer and schedule start fresh. The teacher is any checkpoint (``teacher
 folder, or the name of an earlier step of this pipeline, whose final checkpoint it takes), of any
 depth, width or type (dense or hybrid), built under the same parallel layout with no optimizer,
 frozen, one forward per micro-batch inside the student's. Loss and reports:
-:mod:`nemo_reason.compress.distill` (Model-Optimizer's logit KL with temperature, optional
-hidden-state cosine through a projection, optional LM loss, fixed weights).
+:mod:`nemo_reason.compress.distill` (a fused logit KL with temperature in Model-Optimizer's
+distillation wrapper, optional hidden-state cosine through a projection, optional LM loss, fixed
+weights; at ``lm_weight`` 0 the LM loss is not computed and the step reports no ``loss``).
 
 Checks before any training: the teacher exists and its vocabulary (tokenizer size and padded
 logit width) equals the student's. Resumes exactly: the student, its projection, optimizer,
@@ -42,7 +43,7 @@ class DistillConfig(StepConfig):
     hidden_weight: float = 0.0
     # Hidden-state pairs "student_layer:teacher_layer" (submodule names; one name: both; final: each final norm).
     hidden_layers: List[str] = field(default_factory=lambda: ["final"])
-    # Weight of the student's LM loss on the data (0: reported as loss, not trained).
+    # Weight of the student's LM loss on the data (0: neither computed nor reported: kd_loss only).
     lm_weight: float = 0.0
 
     def validate(self) -> None:
