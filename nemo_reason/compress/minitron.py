@@ -5,11 +5,14 @@
 modelopt's activation hooks, which rank embedding channels (layer-norm outputs), MLP neurons
 (``linear_fc2`` inputs), attention heads (``linear_proj`` inputs, ranked within each query group),
 Mamba heads and head channels (the ``x`` part of ``in_proj``'s output, heads ranked within each B/C
-group) and layers (``1 - cos(input, output)`` of each layer); it then sorts every weight by that
-importance, keeps the top of each and drops the lowest-ranked layers. The divisors modelopt limits
-its choices with are set from the targets themselves (each target is a legal choice), so the
-default divisors' trap (256/512 on small models: nothing pruned, config already changed) cannot
-bite; :func:`check_pruned` checks anyway.
+group), routed experts (the L2 norm of each expert's outputs over the tokens routed to it; the
+router's rows follow the kept experts) and layers (``1 - cos(input, output)`` of each layer); it
+then sorts every weight by that importance, keeps the top of each and drops the lowest-ranked
+layers. The divisors modelopt limits its choices with are set from the targets themselves (each
+target is a legal choice), so the default divisors' trap (256/512 on small models: nothing pruned,
+config already changed) cannot bite; the prune step checks anyway (:func:`shape_mismatches`). Dense
+MLPs, routed experts and the shared expert share one FFN divisor: the greatest common divisor of
+their targets.
 
 What modelopt computed is returned as :class:`Importance` (raw activation statistics, layer scores,
 the kept layers) for :mod:`.importance` to summarise. modelopt's own output goes to ``log_path``.
@@ -49,6 +52,11 @@ def divisors_for(export_config: Dict[str, int]) -> Dict[str, int]:
     for k, v in export_config.items():
         if k in names:
             out[names[k]] = int(v)
+    # Dense MLPs, routed experts and the shared expert share modelopt's one FFN divisor.
+    ffn = [int(export_config[k]) for k in ("ffn_hidden_size", "moe_ffn_hidden_size",
+                                             "moe_shared_expert_intermediate_size") if k in export_config]
+    if ffn:
+        out["ffn_hidden_size_divisor"] = math.gcd(*ffn)
     out["num_layers_divisor"] = 1
     return out
 

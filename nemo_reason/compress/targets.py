@@ -14,7 +14,10 @@ the depth, unset = keep:
     mamba_head_dim       Mamba-2 head size P (the same channels kept in every head)
     num_layers           depth (the least important layers are dropped; a hybrid keeps its pattern's
                          symbols for the kept layers)
-    num_moe_experts      routed experts per MoE layer
+    num_moe_experts      routed experts per MoE layer (the most important kept; the router's rows follow)
+    moe_ffn_hidden_size  neurons of every routed expert (a MoE layer's MLP size; ``ffn_hidden_size`` is the
+                         dense MLP layers' only: a target on a model without dense MLP layers is refused)
+    moe_shared_expert_intermediate_size  neurons of the shared expert
 
 :func:`layout_errors` names every target the layout cannot hold, with the legal values: a target
 above the current size, heads that do not divide into the query groups or the Mamba groups, sizes not
@@ -41,10 +44,11 @@ import dataclasses
 import math
 from typing import Dict, List, Optional, Sequence
 
+from nemo_reason.config.layers import MLP, layer_counts
 from nemo_reason.config.model import ModelConfig
 
 TARGET_FIELDS = ("hidden_size", "ffn_hidden_size", "num_attention_heads", "mamba_num_heads", "mamba_head_dim",
-                 "num_layers", "num_moe_experts")
+                 "num_layers", "num_moe_experts", "moe_ffn_hidden_size", "moe_shared_expert_intermediate_size")
 # What the budget search shrinks by default (widths; depth changes the layer mix of a hybrid).
 DEFAULT_BUDGET_FIELDS = ("ffn_hidden_size", "mamba_num_heads", "hidden_size")
 
@@ -56,7 +60,10 @@ def current_sizes(m: ModelConfig) -> Dict[str, Optional[int]]:
             "num_attention_heads": m.num_attention_heads,
             "mamba_num_heads": m.mamba_heads if hybrid else None,
             "mamba_head_dim": m.mamba_head_dim if hybrid else None,
-            "num_layers": m.num_layers, "num_moe_experts": m.num_moe_experts if m.is_moe else None}
+            "num_layers": m.num_layers, "num_moe_experts": m.num_moe_experts if m.is_moe else None,
+            "moe_ffn_hidden_size": (m.moe_ffn_hidden_size or m.ffn_hidden_size) if m.is_moe else None,
+            "moe_shared_expert_intermediate_size": (m.moe_shared_expert_intermediate_size or None)
+            if m.is_moe else None}
 
 
 def _step(name: str, m: ModelConfig, tp: int, ep: int = 1) -> int:
@@ -66,7 +73,7 @@ def _step(name: str, m: ModelConfig, tp: int, ep: int = 1) -> int:
         return math.lcm(groups, tp)
     if name == "mamba_num_heads":
         return math.lcm(m.mamba_num_groups, tp)
-    if name == "ffn_hidden_size":
+    if name in ("ffn_hidden_size", "moe_ffn_hidden_size", "moe_shared_expert_intermediate_size"):
         return tp
     if name == "num_moe_experts":
         return ep
@@ -102,6 +109,13 @@ def layout_errors(m: ModelConfig, targets: Dict[str, Optional[int]], tp: int = 1
             errors.append(f"{name} is not a pruning target; targets: {', '.join(TARGET_FIELDS)}")
             continue
         have = cur[name]
+        if name == "ffn_hidden_size" and m.type in ("moe", "hybrid") and not layer_counts(m)[MLP]:
+            errors.append(f"ffn_hidden_size={want}: the model has no dense MLP layers (every MLP is a MoE layer): "
+                          f"prune its experts with moe_ffn_hidden_size (now {cur['moe_ffn_hidden_size']})"
+                          + (" and moe_shared_expert_intermediate_size "
+                             f"(now {cur['moe_shared_expert_intermediate_size']})"
+                             if cur["moe_shared_expert_intermediate_size"] else ""))
+            continue
         if have is None:
             errors.append(f"{name}={want}: the model (type={m.type}) has no {name.replace('num_', '')}")
             continue
@@ -137,15 +151,18 @@ def pruned_config(m: ModelConfig, sizes: Dict[str, int], hybrid_pattern: Optiona
     if m.is_moe and "num_moe_experts" in s:
         upd["num_moe_experts"] = s["num_moe_experts"]
         upd["moe_router_topk"] = min(m.moe_router_topk, s["num_moe_experts"])
-    if m.is_moe and m.moe_ffn_hidden_size is None:
-        upd["moe_ffn_hidden_size"] = m.ffn_hidden_size
+    if m.is_moe:
+        upd["moe_ffn_hidden_size"] = s.get("moe_ffn_hidden_size", m.moe_ffn_hidden_size or m.ffn_hidden_size)
+        if m.moe_shared_expert_intermediate_size:
+            upd["moe_shared_expert_intermediate_size"] = s.get("moe_shared_expert_intermediate_size",
+                                                               m.moe_shared_expert_intermediate_size)
     return dataclasses.replace(m, **upd)
 
 
 def _choices(name: str, m: ModelConfig, round_to: int, tp: int) -> List[int]:
     cur = current_sizes(m)[name]
     unit = _step(name, m, tp)
-    if name in ("hidden_size", "ffn_hidden_size"):
+    if name in ("hidden_size", "ffn_hidden_size", "moe_ffn_hidden_size", "moe_shared_expert_intermediate_size"):
         unit = math.lcm(unit, round_to if cur >= 4 * round_to else 1)
     elif name == "mamba_head_dim":
         unit = round_to if cur >= 2 * round_to else 1

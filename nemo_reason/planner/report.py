@@ -6,6 +6,8 @@ aligned text. Nothing here imports torch or Megatron: a plan answers in about a 
 Conventions: parameters and FLOPs count the padded vocabulary (as Megatron-LM does); memory is in
 GiB (2^30 bytes, as ``nvidia-smi`` and PyTorch report it) on the most loaded GPU; MFU is model
 FLOPs per step / (step time x GPUs x peak), the peak defaulting to an H100's dense bf16 989.4 TFLOP/s.
+A pipeline's ``prune`` steps add the shape each prunes to and its parameters
+(:mod:`nemo_reason.planner.compress`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Optional
 
 from nemo_reason.config.schema import ConfigError
 from nemo_reason.models.vocab import padded_vocab_size
+from nemo_reason.planner.compress import format_prune, prune_plans
 from nemo_reason.planner.flops import flops_per_step_from_config
 from nemo_reason.planner.layout import check_layout, layout_of
 from nemo_reason.planner.memory import memory_report
@@ -87,6 +90,7 @@ def plan(cfg, world: Optional[int] = None, step_time: Optional[float] = None, pe
         "flops_per_token": flops_step / tokens,
         "memory_gb": mem,
         "gpu_memory_gb": gpu_memory_gb,
+        "prune": prune_plans(cfg, padded),
     }
     if step_time:
         peak = peak_tflops or t.peak_tflops or H100_BF16_TFLOPS
@@ -152,6 +156,8 @@ def format_report(r: dict) -> str:
                            "more with trainer.fp8_param_gather"
          if s["activations"] or s["weights_with_fp8_param_gather"] else None),
     ])
+    for p in r.get("prune", []):
+        section(f"prune step '{p['name']}'", format_prune(p))
     if "mfu" in r:
         f = r["mfu"]
         section("throughput", [

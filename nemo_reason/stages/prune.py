@@ -1,12 +1,13 @@
 """``prune``: Minitron width/depth pruning of the input checkpoint with nvidia-modelopt, checked and saved.
 
 Targets (:mod:`nemo_reason.compress.targets`): explicit sizes (``hidden_size``, ``ffn_hidden_size``,
-``num_attention_heads``, ``mamba_num_heads``, ``mamba_head_dim``, ``num_layers``, ``num_moe_experts``;
-unset = keep) and/or a parameter budget ``params`` that the step turns into sizes of
-``budget_fields`` with the project's parameter counter (the search is documented there). A target
-the layout cannot hold (heads not a multiple of the query groups or Mamba groups, sizes not
-divisible by the largest tensor-parallel size of the pipeline, ...) exits 2 at composition, naming
-the legal values; the same check runs again on the checkpoint's own architecture.
+``num_attention_heads``, ``mamba_num_heads``, ``mamba_head_dim``, ``num_layers``,
+``num_moe_experts``, ``moe_ffn_hidden_size``, ``moe_shared_expert_intermediate_size``; unset = keep)
+and/or a parameter budget ``params`` that the step turns into sizes of ``budget_fields`` with the
+project's parameter counter (the search is documented there). A target the layout cannot hold (heads
+not a multiple of the query groups or Mamba groups, sizes not divisible by the largest
+tensor-parallel size of the pipeline, ...) exits 2 at composition, naming the legal values; the same
+check runs again on the checkpoint's own architecture.
 
 What it does, in order:
 
@@ -29,7 +30,8 @@ What it does, in order:
 
 Left out: TP/PP/CP/EP > 1 while pruning (modelopt's Minitron asserts TP=1; the pruned model then
 trains at any layout its sizes allow), modelopt's score-function search over candidates, MoE
-expert pruning on the CPU (not tested), distillation (the ``distill`` step follows this one).
+layers in a hybrid pattern (E; the GPT-style MoE is tested), distillation (the ``distill`` step
+follows this one).
 """
 
 from __future__ import annotations
@@ -57,6 +59,9 @@ class PruneConfig(StepConfig):
     mamba_head_dim: Optional[int] = None
     num_layers: Optional[int] = None
     num_moe_experts: Optional[int] = None
+    # A MoE model's routed-expert and shared-expert MLP sizes (ffn_hidden_size is the dense MLPs').
+    moe_ffn_hidden_size: Optional[int] = None
+    moe_shared_expert_intermediate_size: Optional[int] = None
     # Parameter budget (e.g. 4e5, 4e9): sizes of budget_fields chosen so the model has at most this many
     # parameters (explicit targets above stay as given).
     params: Optional[float] = None

@@ -25,6 +25,10 @@ PUBLISHED = {
     "qwen2_57b_a14b": (57.4e9, 14.2e9),  # Qwen2 model card (57.4B), the name (A14B)
     "nemotron_h_8b": (8e9, None),        # arXiv:2504.03624
     "nemotron_h_56b": (56e9, None),
+    "nemotron_h_8b_acemath": (8e9, None),       # post-training recipes on the 8B
+    "nemotron_h_8b_acereason": (8e9, None),
+    "nemotron_h_8b_compress": (8e9, None),      # the input of its prune step (the 8B)
+    "nemotron_h_56b_minipuzzle": (56e9, None),  # the input of its prune step (the 56B)
     "nemotron4_15b": (15.7e9, None),     # arXiv:2402.16819: 3.2B embedding + 12.5B non-embedding
 }
 
