@@ -37,9 +37,9 @@ transformers 5.24.0) installed without touching torch or megatron-core::
 """
 
 from machine import describe
+from megatron_env import single_process
 import argparse
 import datetime
-import os
 import statistics
 import sys
 import tempfile
@@ -55,19 +55,7 @@ LR = 1e-5
 
 
 def _megatron():
-    from nemo_reason.backend import dist as bdist
-    from nemo_reason.backend import prepare
-    from nemo_reason.launch.ports import free_port
-    from nemo_reason.parallel import ParallelDims
-
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
-        os.environ.pop(k, None)
-    os.environ["MASTER_PORT"] = str(free_port())
-    bdist.init_process_group()
-    prepare("local")
-    dims = ParallelDims(1, 1, 1, 1, None, None, 1)
-    dims.init()
-    return dims
+    return single_process()
 
 
 class _Timer:
@@ -263,7 +251,7 @@ def main():
     table = ["| side | s/step median (best) | steps/s median (best) | rollout s | scoring s | batch prep s "
              "| update s | mean response tokens |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for name, m, b, sp, ln in (("nemo-reason grpo", om, ob, osplit, olen), (f"TRL GRPOTrainer", tm, tb, tsplit, tlen)):
+    for name, m, b, sp, ln in (("nemo-reason grpo", om, ob, osplit, olen), ("TRL GRPOTrainer", tm, tb, tsplit, tlen)):
         table.append(f"| {name} | {m:.3f} ({b:.3f}) | {1 / m:.2f} ({1 / b:.2f}) | {sp['rollout']:.3f} | "
                      f"{sp['scoring']:.3f} | {sp['batch']:.3f} | {sp['update']:.3f} | {ln:.1f} |")
     ratio_m, ratio_b = tm / om, tb / ob

@@ -20,9 +20,9 @@ section of docs/benchmarks.md, after the earlier ones.
 """
 
 from machine import describe
+from megatron_env import single_process
 import argparse
 import datetime
-import os
 import statistics
 import sys
 import time
@@ -48,16 +48,8 @@ class _Vocab:
 
 def _megatron():
     from nemo_reason.backend import dist as bdist
-    from nemo_reason.backend import prepare
-    from nemo_reason.launch.ports import free_port
-    from nemo_reason.parallel import ParallelDims
 
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
-        os.environ.pop(k, None)
-    os.environ["MASTER_PORT"] = str(free_port())
-    bdist.init_process_group()
-    prepare("local")
-    ParallelDims(1, 1, 1, 1, None, None, 1).init()
+    single_process()
     bdist.seed_everything(1234)
 
 

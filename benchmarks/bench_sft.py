@@ -31,10 +31,10 @@ docs/benchmarks.md.
 """
 
 from machine import describe
+from megatron_env import single_process
 import argparse
 import cProfile
 import datetime
-import os
 import pstats
 import statistics
 import sys
@@ -49,19 +49,7 @@ SETTINGS = [("packed", True, 1), ("unpacked", False, 8)]  # name, packed, micro-
 
 
 def _megatron():
-    from nemo_reason.backend import dist as bdist
-    from nemo_reason.backend import prepare
-    from nemo_reason.launch.ports import free_port
-    from nemo_reason.parallel import ParallelDims
-
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
-        os.environ.pop(k, None)
-    os.environ["MASTER_PORT"] = str(free_port())
-    bdist.init_process_group()
-    prepare("local")
-    dims = ParallelDims(1, 1, 1, 1, None, None, 1)
-    dims.init()
-    return dims
+    return single_process()
 
 
 def sides(total_steps: int, packed: bool, mbs: int, seq_length: int, dims, workdir: Path):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tests.spawn import spawn
-from tests.unit.megatron_env import megatron_single  # noqa: F401
+from tests.unit.megatron_env import in_layout, megatron_single  # noqa: F401
 
 CASES = {
     "dense": ("tiny", ["model.num_layers=2", "model.hidden_size=64", "model.ffn_hidden_size=128"]),
@@ -37,19 +37,7 @@ def _sample_all(tp: int) -> dict:
 
 
 def _tp2_worker(rank):
-    from nemo_reason.backend import dist as bdist
-    from nemo_reason.backend import prepare
-    from nemo_reason.parallel import ParallelDims
-
-    torch.set_num_threads(1)
-    bdist.init_process_group()
-    prepare("local")
-    ParallelDims(2, 1, 1, 1, None, None, 2).init()
-    bdist.seed_everything(1234)
-    out = _sample_all(2)
-    ParallelDims.destroy()
-    bdist.destroy_process_group()
-    return out
+    return in_layout(_sample_all, 2, 2)
 
 
 @pytest.fixture(scope="module")

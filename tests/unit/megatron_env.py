@@ -30,3 +30,24 @@ def megatron_single():
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+
+
+def in_layout(fn, tp: int, *args):
+    """In a rank started by ``tests.spawn.spawn``: the gloo group, Megatron's parallel state at
+    tensor-parallel size ``tp`` over the whole world, seed 1234; ``fn(*args)``; then tear down."""
+    import torch
+
+    from nemo_reason.backend import dist as bdist
+    from nemo_reason.backend import prepare
+    from nemo_reason.parallel import ParallelDims
+
+    torch.set_num_threads(1)
+    env = bdist.init_process_group()
+    prepare("local")
+    ParallelDims(tp, 1, 1, 1, None, None, env.world_size).init()
+    bdist.seed_everything(1234)
+    try:
+        return fn(*args)
+    finally:
+        ParallelDims.destroy()
+        bdist.destroy_process_group()

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from tests.spawn import spawn
-from tests.unit.megatron_env import megatron_single  # noqa: F401
+from tests.unit.megatron_env import in_layout, megatron_single  # noqa: F401
 
 VOCAB = 260
 MODELS = {
@@ -109,19 +109,7 @@ def test_training_forward_unchanged(megatron_single):  # noqa: F811
 
 
 def _tp2_worker(rank):
-    from nemo_reason.backend import dist as bdist
-    from nemo_reason.backend import prepare
-    from nemo_reason.parallel import ParallelDims
-
-    torch.set_num_threads(1)
-    bdist.init_process_group()
-    prepare("local")
-    ParallelDims(2, 1, 1, 1, None, None, 2).init()
-    bdist.seed_everything(1234)
-    out = _fast_path_diffs(2)
-    ParallelDims.destroy()
-    bdist.destroy_process_group()
-    return out
+    return in_layout(_fast_path_diffs, 2, 2)
 
 
 def test_fast_path_equals_training_path_tp2():
