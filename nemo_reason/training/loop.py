@@ -134,6 +134,9 @@ def run_loop(state, ctx, forward_step: Callable, batches: BatchSource, *, max_st
                 window_t0 = time.time()
             if exiting:
                 if preempted:
+                    # Every rank is here: count again after the save, so that a signal which reached
+                    # another rank after the first agreement (a loaded machine) is in the record too.
+                    preemption.agreed()
                     preemption.record(ctx.run_dir, ctx.step_name, step, last_ckpt)
                 elif rank == 0:
                     print(f"[nemo-reason] exit_interval reached at step {step}; re-run the same command to resume",
