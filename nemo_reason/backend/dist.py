@@ -49,21 +49,20 @@ def init_process_group(timeout_minutes: int = 30) -> DistEnv:
     denv = read_env()
     if dist.is_initialized():
         return denv
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    if "MASTER_PORT" not in os.environ:
-        if denv.world_size > 1:
-            raise RuntimeError("MASTER_PORT is not set for a multi-process run")
-        from nemo_reason.ports import free_port
-
-        os.environ["MASTER_PORT"] = str(free_port())
     if torch.cuda.is_available():
         torch.cuda.set_device(denv.local_rank)
-    dist.init_process_group(
-        backend=process_group_backend(),
-        rank=denv.rank,
-        world_size=denv.world_size,
-        timeout=datetime.timedelta(minutes=timeout_minutes),
-    )
+    timeout = datetime.timedelta(minutes=timeout_minutes)
+    if denv.world_size == 1:
+        # The whole world is this process: an in-memory store, no TCP rendezvous (and no port that
+        # another process on a busy machine could take between choosing it and listening on it).
+        dist.init_process_group(backend=process_group_backend(), store=dist.HashStore(), rank=0, world_size=1,
+                                timeout=timeout)
+        return denv
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    if "MASTER_PORT" not in os.environ:
+        raise RuntimeError("MASTER_PORT is not set for a multi-process run")
+    dist.init_process_group(backend=process_group_backend(), rank=denv.rank, world_size=denv.world_size,
+                            timeout=timeout)
     return denv
 
 
