@@ -107,6 +107,7 @@ def _tp2_rank(rank, temperature):
         bdist.destroy_process_group()
 
 
+@pytest.mark.slow  # two more processes; the default suite checks TP=2 through tests/distributed/test_distill_parity.py
 def test_fused_kl_under_tp2_equals_full_vocabulary():
     results = spawn(_tp2_rank, 2, args=(2.0,), timeout=120)
     for r in results:

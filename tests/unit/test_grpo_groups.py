@@ -78,6 +78,7 @@ def _entropy_ranks(rank, logits):
         bdist.destroy_process_group()
 
 
+@pytest.mark.slow  # two more processes; the default suite checks TP=2 entropy in tests/distributed/test_grpo_parity.py
 def test_vocab_parallel_entropy_equals_the_whole_vocabulary():
     from nemo_reason.rl.losses import entropy_from_logits
 

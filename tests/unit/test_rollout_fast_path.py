@@ -112,6 +112,7 @@ def _tp2_worker(rank):
     return in_layout(_fast_path_diffs, 2, 2)
 
 
+@pytest.mark.slow  # two more processes; TP=2 sampling through the fast path is tests/distributed/test_rollout_tp.py
 def test_fast_path_equals_training_path_tp2():
     results = spawn(_tp2_worker, 2, timeout=240)
     for r in results:
