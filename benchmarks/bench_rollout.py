@@ -19,7 +19,7 @@ section of docs/benchmarks.md, after the earlier ones.
     python benchmarks/bench_rollout.py --threads 1 --repeats 5 [--record [--title "..."]]
 """
 
-from machine import describe
+from machine import append_to_section, describe
 from megatron_env import single_process
 import argparse
 import datetime
@@ -148,7 +148,6 @@ def _record(lines, title):
     """Append a dated subsection at the end of the rollout section of docs/benchmarks.md (the section
     is created at the end of the file if missing); earlier subsections stay."""
     doc = REPO / "docs" / "benchmarks.md"
-    text = doc.read_text()
     argv = [a for a in sys.argv[1:] if a != "--record"]
     if "--title" in argv:
         i = argv.index("--title")
@@ -156,13 +155,7 @@ def _record(lines, title):
     cmd = " ".join(["python benchmarks/bench_rollout.py", *argv])
     today = datetime.date.today()
     sub = (f"### {title or 'Run'} ({today})\n\nCommand: `{cmd} --record`\n\n" + "\n".join(lines) + "\n")
-    head = text.find(SECTION)
-    if head < 0:
-        doc.write_text(text.rstrip("\n") + f"\n\n{SECTION}\n\n{sub}")
-        return
-    nxt = text.find("\n## ", head + len(SECTION))
-    end = len(text) if nxt < 0 else nxt + 1
-    doc.write_text(text[:end].rstrip("\n") + "\n\n" + sub + ("\n" + text[end:] if nxt >= 0 else ""))
+    append_to_section(doc, SECTION, sub)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ docs/benchmarks.md.
     python benchmarks/bench_sft.py --steps 10 --repeats 5 [--record]
 """
 
-from machine import describe
+from machine import append_to_section, describe
 from megatron_env import single_process
 import argparse
 import cProfile
@@ -160,17 +160,8 @@ SECTION = "## SFT vs pretraining tokens/s (benchmarks/bench_sft.py)"
 
 
 def record(doc: Path, block: str) -> None:
-    """Append ``block`` (a dated ``###`` subsection) at the end of the SFT section of ``doc``, before
-    the next ``##`` heading; the section is started at the end of the file when absent."""
-    text = doc.read_text()
-    start = text.find(SECTION)
-    if start < 0:
-        doc.write_text(text.rstrip("\n") + f"\n\n{SECTION}\n\n{block}\n")
-        return
-    nxt = text.find("\n## ", start + len(SECTION))
-    end = len(text) if nxt < 0 else nxt + 1
-    rest = text[end:]
-    doc.write_text(text[:end].rstrip("\n") + f"\n\n{block}\n" + ("\n" + rest if rest else ""))
+    """Append ``block`` (a dated ``###`` subsection) at the end of the SFT section of ``doc``."""
+    append_to_section(doc, SECTION, block)
 
 
 if __name__ == "__main__":

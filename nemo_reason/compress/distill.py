@@ -288,13 +288,10 @@ def distill_forward_step(data_iterator, model):
     """One micro-batch through teacher (no grad) and student; the loss of the module docstring.
     Context parallelism as in :mod:`nemo_reason.training.losses` (local sums over the whole
     sequence's token count)."""
-    from nemo_reason.training.losses import batch_on_this_cp_rank
+    from nemo_reason.training.losses import batch_on_this_cp_rank, lm_inputs
 
     batch, num_tokens = batch_on_this_cp_rank(next(data_iterator))
     device = next(model.parameters()).device
-    tokens = batch["tokens"].to(device, non_blocking=True)
-    labels = batch["labels"].to(device, non_blocking=True)
-    position_ids = batch["position_ids"].to(device, non_blocking=True)
-    loss_mask = batch["loss_mask"].to(device, non_blocking=True)
+    tokens, labels, position_ids, loss_mask = lm_inputs(batch, device)
     output = model(tokens, position_ids, None, labels=labels)  # the student's per-token CE [b, s]
     return output, partial(_distill_loss, distillation_model_of(model), loss_mask, num_tokens.to(device))

@@ -46,15 +46,17 @@ def _masked_token_mean(loss_mask: torch.Tensor, num_tokens: torch.Tensor, output
     return loss_sum / num_tokens.to(loss_sum).clamp(min=1.0), {"lm loss": report}
 
 
+def lm_inputs(batch: dict, device):
+    """``tokens, labels, position_ids, loss_mask`` of a micro-batch, on ``device``."""
+    return tuple(batch[k].to(device, non_blocking=True) for k in ("tokens", "labels", "position_ids", "loss_mask"))
+
+
 @LOSSES.register("lm")
 def lm_forward_step(data_iterator, model):
     """Next-token cross-entropy (Megatron's vocab-parallel loss inside GPTModel)."""
     batch, num_tokens = batch_on_this_cp_rank(next(data_iterator))
     device = next(model.parameters()).device
-    tokens = batch["tokens"].to(device, non_blocking=True)
-    labels = batch["labels"].to(device, non_blocking=True)
-    position_ids = batch["position_ids"].to(device, non_blocking=True)
-    loss_mask = batch["loss_mask"].to(device, non_blocking=True)
+    tokens, labels, position_ids, loss_mask = lm_inputs(batch, device)
     output = model(tokens, position_ids, None, labels=labels)
     return output, partial(_masked_token_mean, loss_mask, num_tokens.to(device))
 
@@ -84,9 +86,6 @@ def sft_forward_step(data_iterator, model):
                              "set trainer.micro_batch_size=1")
         packed = packed_seq_params_of(batch["cu_seqlens"][0].to(device))
     num_tokens = batch["loss_mask"].sum()
-    tokens = batch["tokens"].to(device, non_blocking=True)
-    labels = batch["labels"].to(device, non_blocking=True)
-    position_ids = batch["position_ids"].to(device, non_blocking=True)
-    loss_mask = batch["loss_mask"].to(device, non_blocking=True)
+    tokens, labels, position_ids, loss_mask = lm_inputs(batch, device)
     output = model(tokens, position_ids, None, labels=labels, packed_seq_params=packed)
     return output, partial(_masked_token_mean, loss_mask, num_tokens.to(device))
