@@ -21,7 +21,9 @@ Validation: ``data.valid_blend`` (one fixed set, Megatron-LM's ``--valid-data-pa
 
 from __future__ import annotations
 
+import fcntl
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Tuple
 
 import torch
@@ -171,8 +173,19 @@ def build_datasets(cfg: RunConfig, sizes: List[int], tokenizer, seed: int, blend
         split = cfg.data.split_string()
         check_splits([p for p, _ in blend], cfg.data.split_weights(), split)
         kw = dict(blend=_megatron_blend(blend), split=split)
-    return BlendedMegatronDatasetBuilder(GPTDataset, sizes, lambda: True,
-                                         _dataset_config(cfg, tokenizer, seed, **kw)).build()
+    config = _dataset_config(cfg, tokenizer, seed, **kw)
+    builder = BlendedMegatronDatasetBuilder(GPTDataset, sizes, lambda: True, config)
+    if _rank() != 0:
+        return builder.build()  # reads what rank 0 wrote (Megatron's own barrier orders them)
+    # Megatron writes its index cache (document/sample/shuffle .npy files) in place, not atomically,
+    # and only when the files are missing: two runs sharing a cache that build the same index at
+    # once read each other's half-written files (EOFError). Rank 0 of every run builds under one
+    # lock per cache; the second run then finds the files complete and only reads them.
+    lock_path = Path(config.path_to_cache) / ".build.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return builder.build()
 
 
 def _mixture_stats(spans: Sequence[PhaseSpan], blends) -> Optional[dict]:

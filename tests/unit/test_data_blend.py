@@ -136,3 +136,25 @@ def test_bundled_sources_blend(tmp_path, gloo_world_of_one):
     assert all("/sources/" in prefix for prefix, _ in data.blends[0])
     ids = Counter(int(data.train_datasets[0][i]["dataset_id"]) for i in range(len(data.train)))
     assert abs(ids[0] / len(data.train) - 0.75) < 0.01
+
+
+def test_index_build_waits_for_another_run_building_the_same_cache(tmp_path, gloo_world_of_one):
+    """Megatron writes its index cache in place; a second run sharing the cache must not read a
+    half-written index (EOFError seen with two runs at once): rank 0 builds under the cache's lock."""
+    import fcntl
+    import threading
+    import time
+
+    _data(tmp_path)  # the sources and one index, so only the seed-2 index remains to build
+    index_dir = tmp_path / "cache" / "index_cache"
+    before = set(index_dir.iterdir())
+    result = {}
+    with open(index_dir / ".build.lock", "w") as held:  # "another run" building right now
+        fcntl.flock(held, fcntl.LOCK_EX)
+        worker = threading.Thread(target=lambda: result.update(data=_data(tmp_path, "run.seed=2")[1]))
+        worker.start()
+        time.sleep(2.0)
+        assert worker.is_alive() and set(index_dir.iterdir()) == before, "built while the lock was held"
+    worker.join(timeout=120)
+    assert not worker.is_alive() and len(result["data"].train) > 0
+    assert set(index_dir.iterdir()) > before
