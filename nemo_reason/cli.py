@@ -1,6 +1,7 @@
 """``nemo-reason``: run, show and list recipes.
 
-    nemo-reason run [RECIPE] [overrides...]     compose, validate, launch ranks, run the pipeline
+    nemo-reason run [RECIPE] [overrides...]     compose, validate, launch ranks, run the pipeline (no RECIPE:
+                                                tiny_lifecycle, every step type on a tiny hybrid)
     nemo-reason launch [RECIPE] launcher=local|slurm|docker [overrides...] [--dry-run]
                                                 render the job for a launcher and submit it
     nemo-reason show RECIPE [overrides...]      print the fully resolved config as YAML
@@ -8,6 +9,9 @@
     nemo-reason show-checkpoint PATH [--json]   architecture, step, tokens, parameters, tokenizer of a
                                                 checkpoint, with no recipe at hand (checkpoint/commands.py)
     nemo-reason eval CHECKPOINT --tasks math,mcq,code [...]    pass@1, pass@k, maj@k, response length
+    nemo-reason report RUN_DIR [--json] [--no-html]
+                                                per-step summary of a run (also while it runs); rewrites
+                                                RUN_DIR/report.html and its plots (nemo_reason/report/)
     nemo-reason generate CHECKPOINT --prompt TEXT | --input FILE [sampling options]
                                                 sample from a checkpoint (evaluation/commands.py)
     nemo-reason plan RECIPE [overrides...] [--gpus N] [--json] [--step-time S]
@@ -17,6 +21,10 @@
                                                 JSONL/Parquet -> Megatron .bin/.idx (nemo_reason/data/commands.py)
     nemo-reason train-tokenizer --input FILE... --output DIR [--vocab-size N]
                                                 train a byte-level BPE on local text
+    nemo-reason import-hf HF_DIR --output CKPT [--no-verify]
+    nemo-reason export-hf CKPT --output HF_DIR [--no-verify] [--dtype auto|fp32|bf16]
+                                                Hugging Face <-> checkpoint, logit-parity checked
+                                                (nemo_reason/bridge/commands.py)
 
 Overrides use Hydra's grammar: ``trainer.max_steps=20``, ``parallel.tp=2``, ``+extra.key=1``,
 ``~key``. Any configuration problem exits with code 2 before any work starts.
@@ -35,6 +43,9 @@ from nemo_reason.backend import BackendError
 from nemo_reason.config.schema import ConfigError
 
 EXIT_CONFIG = 2
+# What `nemo-reason run` / `launch` run without a RECIPE: the whole lifecycle of a tiny hybrid
+# (pretrain in two phases -> SFT -> GRPO math -> GRPO code -> prune -> distill -> perplexity -> eval).
+DEFAULT_RECIPE = "tiny_lifecycle"
 
 
 def _split_recipe(args: List[str], default: Optional[str]) -> Tuple[Optional[str], List[str]]:
@@ -104,7 +115,7 @@ def cmd_run(ns) -> int:
         from nemo_reason.training import preemption
 
         preemption.install(os.environ["NEMO_REASON_PREEMPT_SIGNAL"])
-    recipe, overrides = _split_recipe(ns.args, "tiny")
+    recipe, overrides = _split_recipe(ns.args, DEFAULT_RECIPE)
     cfg = _compose(recipe, overrides)
     resolve_launcher(cfg)  # null launcher sizes: this machine's GPUs (validates again)
     if launched_by_torchrun_or_srun():
@@ -137,7 +148,7 @@ def cmd_launch(ns) -> int:
     from nemo_reason.launch import launch
 
     args = [a for a in ns.args if a != "--dry-run"]
-    recipe, overrides = _split_recipe(args, "tiny")
+    recipe, overrides = _split_recipe(args, DEFAULT_RECIPE)
     cfg = _compose(recipe, overrides)
     return launch(recipe, overrides, cfg, dry_run=ns.dry_run or len(args) != len(ns.args))
 
@@ -199,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     over = "Hydra overrides, e.g. trainer.max_steps=20 parallel.tp=2 +extra.key=1 ~key"
-    p = sub.add_parser("run", help="run a recipe's pipeline (default recipe: tiny)",
+    p = sub.add_parser("run", help=f"run a recipe's pipeline (default recipe: {DEFAULT_RECIPE})",
                        description="Compose RECIPE with overrides, validate, start launcher.nproc_per_node "
                                    "ranks and run the pipeline. Re-running resumes.")
     p.add_argument("args", nargs=argparse.REMAINDER, metavar="[RECIPE] [overrides...]", help=over)
@@ -235,6 +246,12 @@ def build_parser() -> argparse.ArgumentParser:
     from nemo_reason.evaluation.commands import add_eval_commands
 
     add_eval_commands(sub)  # eval, generate
+    from nemo_reason.report.commands import add_report_commands
+
+    add_report_commands(sub)  # report
+    from nemo_reason.bridge.commands import add_bridge_commands
+
+    add_bridge_commands(sub)  # import-hf, export-hf
     return parser
 
 

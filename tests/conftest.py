@@ -42,6 +42,10 @@ def data_cache(tmp_path_factory):
 
 def _cli(args, env=None):
     full_env = dict(os.environ)
+    # Drawing the end-of-run report's plots takes seconds per run: CLI runs here print its summary table
+    # only (tests/e2e/test_report.py draws the page with `nemo-reason report`; env={"NEMO_REASON_REPORT":
+    # "html"} asks a run for it).
+    full_env.setdefault("NEMO_REASON_REPORT", "summary")
     full_env.update(env or {})
     return [sys.executable, "-m", "nemo_reason.cli", *args], full_env
 

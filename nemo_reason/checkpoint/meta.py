@@ -8,7 +8,7 @@ before publish) and a copy of its tokenizer's files::
                          #  "params": 1031232, "step_type": "pretrain", "fingerprint": "...",
                          #  "layout": {"tp": 1, ...}, "saved_at": 1.7e9,
                          #  "model": {ModelConfig fields}, "tokenizer": {record, below}, ...caller's extras}
-        tokenizer/       # tokenizer.json (+ tokenizer_config.json) for hf and bundled, tokenizer.model
+        tokenizer/       # tokenizer.json (+ tokenizer_config.json) for hf and bundled*, tokenizer.model
                          # for sentencepiece, nothing for byte
 
 The tokenizer record (:func:`tokenizer_record`) says which kind it is (the names of
@@ -57,7 +57,7 @@ HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens
 ARCHITECTURE_FIELDS = (
     "type", "num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups",
     "kv_channels", "activation", "normalization", "add_bias_linear", "qk_layernorm",
-    "position_embedding_type", "untie_embeddings_and_output_weights", "make_vocab_size_divisible_by",
+    "add_qkv_bias", "layernorm_zero_centered_gamma", "position_embedding_type", "untie_embeddings_and_output_weights", "make_vocab_size_divisible_by",
     "hybrid_pattern", "hybrid_attention_ratio", "hybrid_mlp_ratio",
     "mamba_state_dim", "mamba_head_dim", "mamba_num_groups", "mamba_num_heads",
     "num_moe_experts", "moe_layer_freq", "moe_ffn_hidden_size", "moe_shared_expert_intermediate_size",
@@ -79,6 +79,9 @@ def architecture(m: ModelConfig) -> Dict[str, Any]:
         "untie_embeddings_and_output_weights": m.untie_embeddings_and_output_weights,
         "make_vocab_size_divisible_by": m.make_vocab_size_divisible_by,
     }
+    for name in ("add_qkv_bias", "layernorm_zero_centered_gamma"):  # listed only when set (Qwen2, Nemotron-4)
+        if getattr(m, name, False):
+            a[name] = True
     if m.position_embedding_type == "learned_absolute":  # a table of that many rows
         a["max_position_embeddings"] = m.max_position_embeddings
     if m.type == "hybrid":
@@ -108,9 +111,29 @@ def architecture_diff(saved: ModelConfig, current: ModelConfig) -> List[Tuple[st
     return [(k, a.get(k), b.get(k)) for k in list(a) + [k for k in b if k not in a] if a.get(k) != b.get(k)]
 
 
+# What the weights compute beyond their shapes, which a checkpoint imported from elsewhere (a
+# Hugging Face model: RoPE base 500000, RMSNorm eps 1e-6) sets differently from ModelConfig's
+# defaults. Not architecture (context extension changes the RoPE fields on purpose): a step
+# takes them from its input checkpoint only where its own config leaves them at the default.
+NUMERIC_FIELDS = ("layernorm_epsilon", "rotary_base", "rotary_percent",
+                  # MoE routing (Qwen2-MoE: un-normalised top-k = pre_softmax; Nemotron-H: sigmoid, scaled)
+                  "moe_router_topk", "moe_router_score_function", "moe_router_pre_softmax",
+                  "moe_router_topk_scaling_factor")
+
+
+def adopted_numerics(saved: ModelConfig, current: ModelConfig) -> List[Tuple[str, Any, Any]]:
+    """``[(field, saved value, current value)]`` of the :data:`NUMERIC_FIELDS` that
+    :func:`with_architecture` takes from ``saved``: those ``current`` leaves at the default."""
+    defaults = ModelConfig()
+    return [(f, getattr(saved, f), getattr(current, f)) for f in NUMERIC_FIELDS
+            if getattr(current, f) == getattr(defaults, f) and getattr(saved, f) != getattr(current, f)]
+
+
 def with_architecture(model_cfg: ModelConfig, saved: ModelConfig) -> ModelConfig:
-    """``model_cfg`` with the architecture of ``saved`` (a checkpoint's), everything else kept."""
+    """``model_cfg`` with the architecture of ``saved`` (a checkpoint's), and the numerics
+    (:data:`NUMERIC_FIELDS`) it leaves at their defaults, everything else kept."""
     keep = {f: getattr(saved, f) for f in ARCHITECTURE_FIELDS}
+    keep.update({f: v for f, v, _ in adopted_numerics(saved, model_cfg)})
     if saved.position_embedding_type == "learned_absolute":
         keep["max_position_embeddings"] = saved.max_position_embeddings
     return dataclasses.replace(model_cfg, **keep)
@@ -135,10 +158,11 @@ def tokenizer_record(data_cfg, tokenizer=None) -> Dict[str, Any]:
     if tokenizer is None:
         tokenizer = build_tokenizer(name, path, data_cfg.cache_dir)
     source = None
-    if name == "bundled":
+    if name in ("bundled", "bundled_digits"):
         from nemo_reason.data.bpe import bundled_tokenizer_path
 
-        source = Path(getattr(tokenizer, "path", None) or bundled_tokenizer_path(data_cfg.cache_dir))
+        source = Path(getattr(tokenizer, "path", None)
+                      or bundled_tokenizer_path(data_cfg.cache_dir, split_digits=name == "bundled_digits"))
     elif name == "hf":
         source = tokenizer_json(path)
     elif name == "sentencepiece":
@@ -191,8 +215,8 @@ def load_tokenizer(ckpt_dir: str | os.PathLike, cache_dir: str = ""):
         if rec.get("file"):
             kind = "sentencepiece" if name == "sentencepiece" else "hf"
             tok = build_tokenizer(kind, str(ckpt_dir / rec["file"]))
-            if name == "bundled":  # the same dataset-cache identity as BundledTokenizer
-                tok.unique_identifiers["tokenizer_path"] = ["bundled"]
+            if name in ("bundled", "bundled_digits"):  # the same dataset-cache identity as Bundled*Tokenizer
+                tok.unique_identifiers["tokenizer_path"] = [name]
                 tok.unique_description = json.dumps(tok.unique_identifiers, indent=4)
         else:
             tok = build_tokenizer(name, rec.get("path"), cache_dir or rec.get("cache_dir") or "")

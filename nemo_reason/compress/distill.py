@@ -18,9 +18,14 @@ student only. The losses:
   forward at ``tiny`` sizes (docs/benchmarks.md, distillation). Ours is one ``torch.autograd.Function``:
   forward one log-softmax of each side and one product ``sum p_t (log p_t - log p_s)``, in place
   where it can (the teacher's logits are consumed), backward the exact gradient ``(p_s - p_t) / T``
-  per token in place on the saved tensors (under TP, ``p_s`` is weighted by the all-reduced
+  per token written over the teacher's softmax (under TP, ``p_s`` is weighted by the all-reduced
   ``sum_v g p_t`` so it is exact for any upstream gradient): 61-67 ms -> 24-30 ms forward + backward
-  on ``[128, 8, 4096]`` fp32 logits on one CPU thread. It is registered as the logits loss in
+  on ``[128, 8, 4096]`` fp32 logits on one CPU thread. It runs in blocks of rows that stay in cache
+  (:data:`BLOCK_ELEMS`) and allocates no ``[s, b, V]`` tensor per micro-batch (the student's
+  log-softmax lives in the loss's :class:`Workspace`): on CPU fresh tensors of that size cost page
+  faults, which were most of what a distill step cost above a student step plus a teacher forward
+  (with :func:`nemo_reason.backend.allocator.keep_freed_memory`, which the step sets, for Megatron's
+  own logits; docs/compression.md, distill step, Speed). It is registered as the logits loss in
   modelopt's criterion, so modelopt still wires teacher, student and hooks; its equality with
   ``LogitsKLLoss`` (value and gradient, TP=1) is tests/unit/test_distill_kl.py, TP=2 the parity test.
 - ``HiddenStateCosineLoss``: ``1 - cos`` per token between the student's hidden state, through a
@@ -51,7 +56,6 @@ from typing import List, Sequence, Tuple
 import modelopt.torch.distill as mtd
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from modelopt.torch.distill.plugins.megatron import BaseLoss
 
 LOGITS_LAYER = "output_layer"
@@ -87,69 +91,133 @@ def parse_layer_pairs(entries: Sequence[str], student, teacher) -> List[Tuple[st
     return pairs
 
 
-def _log_softmax(x: torch.Tensor, temperature: float, group, tp: int) -> torch.Tensor:
-    """fp32 ``log_softmax(x / T)`` over the last dimension, vocab-sharded over ``tp`` ranks of
-    ``group`` (max and denominator all-reduced). A new tensor: ``x`` is left as it was."""
+# Rows of the ``[tokens, V]`` logits the KL processes together: a block of about 2^18 fp32 values
+# (1 MiB) stays in the CPU's cache through all of the KL's passes over it, where passes over the whole
+# tensor stream it from memory every time (at vocabulary widths the KL is memory-bound). Each row's
+# arithmetic is the same in any block, so the values do not depend on it.
+BLOCK_ELEMS = 1 << 18
+
+
+def _blocks(rows: int, vocab: int) -> List[slice]:
+    step = max(1, BLOCK_ELEMS // max(vocab, 1))
+    return [slice(r, min(r + step, rows)) for r in range(0, rows, step)]
+
+
+class Workspace:
+    """One reusable fp32 ``[N, V]`` buffer for the student's log-softmax, from a KL forward to its
+    backward. A fresh tensor of that size costs page faults on CPU (glibc hands the freed memory
+    back to the system between micro-batches, and each new one faults in again: 27 ms of system time
+    per ``tiny`` distill step); this one is allocated once per shape. Taken by a forward that will
+    have a backward, given back by that backward; a second forward before it gets a fresh tensor."""
+
+    def __init__(self):
+        self._buffer, self._busy = None, False
+
+    def take(self, rows: int, vocab: int) -> torch.Tensor:
+        if self._busy:
+            return torch.empty(rows, vocab, dtype=torch.float32)
+        if self._buffer is None or self._buffer.shape != (rows, vocab):
+            self._buffer = None
+            self._buffer = torch.empty(rows, vocab, dtype=torch.float32)
+        self._busy = True
+        return self._buffer
+
+    def give_back(self, t: torch.Tensor) -> None:
+        if t is self._buffer:
+            self._busy = False
+
+
+def _kl_forward(s: torch.Tensor, t: torch.Tensor, temperature: float, group, tp: int, log_ps) -> tuple:
+    """``s``, ``t`` ``[N, V / TP]`` -> ``(kl [N], pt [N, V/TP], pt_mass [N] or None)`` in fp32,
+    block by block: ``log_ps = log_softmax(s / T)`` into ``log_ps`` (``[N, V / TP]`` fp32, or
+    ``None``: not kept), ``pt = softmax(t / T)`` (written over ``t`` when it is fp32: the teacher's
+    logits, used once), ``kl = sum pt (log pt - log ps)`` over this rank's slice. Under TP the maxima
+    and softmax denominators are all-reduced over ``group`` between two block loops, and ``pt_mass``
+    is this rank's ``sum pt``."""
+    rows, vocab = s.shape
+    blocks = _blocks(rows, vocab)
+    pt = t if t.dtype == torch.float32 else torch.empty(rows, vocab, dtype=torch.float32)
+    kl = torch.empty(rows, dtype=torch.float32)
     if tp == 1:
-        x = x.float()
-        return F.log_softmax(x if temperature == 1.0 else x / temperature, dim=-1)
-    m = x.detach().amax(dim=-1, keepdim=True).float()
-    dist.all_reduce(m, op=dist.ReduceOp.MAX, group=group)
-    z = x.float() - m  # max(x / T) = max(x) / T for T > 0
-    if temperature != 1.0:
-        z.div_(temperature)
-    denom = torch.exp(z).sum(dim=-1, keepdim=True)
+        for b in blocks:
+            x = s[b].float()
+            x = x if temperature == 1.0 else x / temperature
+            ls = torch.log_softmax(x, -1) if log_ps is None else torch.log_softmax(x, -1, out=log_ps[b])
+            y = t[b].float()
+            log_pt = torch.log_softmax(y if temperature == 1.0 else y / temperature, -1)
+            p = torch.exp(log_pt, out=pt[b])
+            # in place, then a sum (an einsum is a slow batched matmul on CPU)
+            kl[b] = log_pt.sub_(ls).mul_(p).sum(dim=-1)
+        return kl, pt, None
+    # Under TP: the maxima over all ranks first, then the local exp-sums, all-reduced, then the rest.
+    m = torch.cat([s.amax(dim=-1, keepdim=True).float(), t.amax(dim=-1, keepdim=True).float()], dim=-1)
+    dist.all_reduce(m, op=dist.ReduceOp.MAX, group=group)  # max(x / T) = max(x) / T for T > 0
+    if log_ps is None:
+        log_ps = torch.empty(rows, vocab, dtype=torch.float32)
+    denom = torch.empty(rows, 2, dtype=torch.float32)
+    for b in blocks:
+        zs = torch.sub(s[b].float(), m[b, :1], out=log_ps[b])
+        zt = torch.sub(t[b].float(), m[b, 1:], out=pt[b])
+        if temperature != 1.0:
+            zs.div_(temperature)
+            zt.div_(temperature)
+        denom[b, 0] = torch.exp(zs).sum(dim=-1)
+        denom[b, 1] = torch.exp(zt).sum(dim=-1)
     dist.all_reduce(denom, group=group)
-    return z.sub_(denom.log_())
-
-
-def _softmax_and_log_(x: torch.Tensor, temperature: float, group, tp: int) -> tuple:
-    """``(softmax(x / T), log_softmax(x / T))`` in fp32, vocab-sharded as :func:`_log_softmax`; the
-    log-softmax is written over ``x`` when ``x`` is fp32 (the teacher's logits, used once). On CPU
-    every fresh ``[s, b, V]`` tensor costs page faults worth several passes: one new tensor here."""
-    x = x.float()
-    m = x.amax(dim=-1, keepdim=True)
-    if tp > 1:
-        dist.all_reduce(m, op=dist.ReduceOp.MAX, group=group)
-    z = x.sub_(m)
-    if temperature != 1.0:
-        z.div_(temperature)
-    p = z.exp()
-    denom = p.sum(dim=-1, keepdim=True)
-    if tp > 1:
-        dist.all_reduce(denom, group=group)
-    return p.div_(denom), z.sub_(denom.log_())
+    log_denom = denom.log()
+    pt_mass = torch.empty(rows, dtype=torch.float32)
+    for b in blocks:
+        zt = pt[b]
+        p = torch.exp(zt).div_(denom[b, 1:])  # the exponentials of the first loop, again
+        ls = log_ps[b].sub_(log_denom[b, :1])
+        kl[b] = zt.sub_(log_denom[b, 1:]).sub_(ls).mul_(p).sum(dim=-1)
+        pt_mass[b] = p.sum(dim=-1)
+        zt.copy_(p)
+    return kl, pt, pt_mass
 
 
 class _LogitsKL(torch.autograd.Function):
     """``(student [.., V/TP], teacher [.., V/TP]) -> [..]``: this rank's part of
-    ``sum_v p_t (log p_t - log p_s)``; backward the student's gradient of the sum over all ranks.
-    The teacher's logits are consumed (overwritten when fp32): modelopt's hook hands them over once."""
+    ``sum_v p_t (log p_t - log p_s)``; backward the student's gradient of the sum over all ranks,
+    written over the teacher's softmax. The teacher's logits are consumed (overwritten when fp32):
+    modelopt's hook hands them over once. Block by block (:data:`BLOCK_ELEMS`); the student's
+    log-softmax lives in ``workspace`` (a :class:`Workspace`, or ``None``: a new tensor) until the
+    backward."""
 
     @staticmethod
-    def forward(ctx, student, teacher, temperature, group, tp):
-        log_ps = _log_softmax(student, temperature, group, tp)
-        pt, log_pt = _softmax_and_log_(teacher, temperature, group, tp)
-        kl = log_pt.sub_(log_ps).mul_(pt).sum(dim=-1)  # in place (an einsum is a slow batched matmul on CPU)
-        ctx.temperature, ctx.group, ctx.tp, ctx.dtype = temperature, group, tp, student.dtype
+    def forward(ctx, student, teacher, temperature, group, tp, workspace=None):
+        vocab = student.shape[-1]
+        s = student.detach().reshape(-1, vocab)
+        keep = ctx.needs_input_grad[0]
+        log_ps = None
+        if keep:
+            log_ps = workspace.take(*s.shape) if workspace is not None else torch.empty(s.shape, dtype=torch.float32)
+        kl, pt, pt_mass = _kl_forward(s, teacher.reshape(-1, vocab), temperature, group, tp, log_ps)
+        ctx.temperature, ctx.group, ctx.tp, ctx.dtype, ctx.shape = temperature, group, tp, student.dtype, student.shape
         # Under TP each rank holds part of p_t's mass: the backward weighs p_s by sum_v g p_t over all ranks.
-        ctx.pt_mass = pt.sum(dim=-1) if tp > 1 else None
-        ctx.save_for_backward(log_ps, pt)
-        return kl
+        ctx.pt_mass, ctx.workspace = pt_mass, workspace
+        if keep:
+            ctx.save_for_backward(log_ps, pt)
+        return kl.reshape(student.shape[:-1])
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        log_ps, pt = ctx.saved_tensors
-        g = (grad.float() / ctx.temperature).unsqueeze(-1)
-        ps = log_ps.exp_()  # the saved tensors are overwritten (a second backward would fail loudly)
+        log_ps, pt = ctx.saved_tensors  # both overwritten: once differentiable
+        g = (grad.float() / ctx.temperature).reshape(-1, 1)
         if ctx.tp > 1:
             c = g.squeeze(-1) * ctx.pt_mass
             dist.all_reduce(c, group=ctx.group)
-            out = ps.mul_(c.unsqueeze(-1)).sub_(pt.mul_(g))
-        else:
-            out = ps.sub_(pt).mul_(g)
-        return out.to(ctx.dtype), None, None, None, None
+            c = c.unsqueeze(-1)
+        for b in _blocks(*log_ps.shape):
+            ps = log_ps[b].exp_()
+            if ctx.tp > 1:  # p_s * c - p_t * g
+                torch.sub(ps.mul_(c[b]), pt[b].mul_(g[b]), out=pt[b])
+            else:  # (p_s - p_t) * g
+                torch.sub(ps, pt[b], out=pt[b]).mul_(g[b])
+        if ctx.workspace is not None:
+            ctx.workspace.give_back(log_ps)
+        return pt.reshape(ctx.shape).to(ctx.dtype), None, None, None, None, None
 
 
 class FusedLogitsKLLoss(BaseLoss):
@@ -159,6 +227,7 @@ class FusedLogitsKLLoss(BaseLoss):
     def __init__(self, model_config, temperature: float = 1.0):
         super().__init__(model_config)
         self._temperature = float(temperature)
+        self._workspace = Workspace()
 
     def forward(self, predictions, targets):
         predictions, targets = self.pre_forward(predictions, targets)
@@ -166,7 +235,7 @@ class FusedLogitsKLLoss(BaseLoss):
 
         tp = self._config.tensor_model_parallel_size
         group = parallel_state.get_tensor_model_parallel_group() if tp > 1 else None
-        loss = _LogitsKL.apply(predictions, targets, self._temperature, group, tp)
+        loss = _LogitsKL.apply(predictions, targets, self._temperature, group, tp, self._workspace)
         return self.post_forward(loss, tp_reduce=True)
 
 

@@ -9,6 +9,14 @@ of one channel is the square root (an L2 norm over the batch of sequence-mean ma
     attention head      L2 over the head's kv_channels of linear_proj's input            [heads]
     Mamba head          L2 over the head's channels of x (in_proj's second d_inner rows) [mamba heads]
     Mamba head channel  L2 over heads of the same                                        [mamba head dim]
+    MoE expert neuron   each routed expert's linear_fc2 input (kept: within kept experts) [experts x moe ffn]
+    shared-expert neuron  the shared expert's linear_fc2 input                           [shared ffn]
+
+A routed expert's importance is modelopt's as well (``_register_sequential_mlp_importance``): the
+mean over the calibration tokens routed to it of the L2 norm of its output (the sum of those norms
+over the token count), with the token counts (the router's load) reported beside it; modelopt keeps
+the experts of highest importance in each layer, and the report names them (``kept_experts``, the
+experts' numbers before pruning).
 
 Layer importance for depth pruning is modelopt's ``1 - cos(layer input, layer output)`` (summed over
 calibration batches; what it drops by) and, from :func:`layer_drop_losses`, the LM-loss increase on
@@ -105,6 +113,7 @@ def build_report(m, sizes: Dict[str, int], importance, layer_types: List[str],
             row["mamba_heads"] = {**_summary(heads, _topk_grouped(heads, m.mamba_num_groups, kh) if kh else None),
                                   "values": heads.tolist(), "groups": m.mamba_num_groups}
             row["mamba_head_dim"] = _summary(chans, chans.argsort(descending=True)[:kp] if kp else None)
+        row.update(_moe_rows(acts, f"decoder.layers.{i}.mlp", sizes))
         rows.append(row)
     report = {"layers": rows, "kept_layers": importance.kept_layers, "targets": dict(sizes)}
     emb = acts.get("")
@@ -118,18 +127,61 @@ def build_report(m, sizes: Dict[str, int], importance, layer_types: List[str],
     return report
 
 
+def expert_importance(stats: dict) -> torch.Tensor:
+    """modelopt's importance of each routed expert from its ``SequentialMLP`` statistics
+    (``expert_l2_scores``: summed output L2 norms, ``expert_sample_counts``: routed tokens)."""
+    return stats["expert_l2_scores"].float() / (stats["expert_sample_counts"].float() + 1e-8)
+
+
+def _moe_rows(acts: dict, prefix: str, sizes: Dict[str, int]) -> dict:
+    """The MoE parts of one layer's row: routed experts, their neurons, the shared expert's neurons."""
+    out = {}
+    stats = acts.get(f"{prefix}.experts")
+    if isinstance(stats, dict) and "expert_l2_scores" in stats:
+        score = expert_importance(stats)
+        k = sizes.get("num_moe_experts")
+        keep = score.argsort(descending=True)[:k] if k else None
+        out["moe_experts"] = {**_summary(score, keep), "values": score.tolist(),
+                              "tokens": stats["expert_sample_counts"].float().tolist()}
+        if keep is not None:
+            out["moe_experts"]["kept_experts"] = sorted(int(e) for e in keep)
+        local = [acts.get(f"{prefix}.experts.local_experts.{e}") for e in range(score.numel())]
+        if all(isinstance(t, torch.Tensor) for t in local):
+            v = torch.cat([_vec(t) for t in local])
+            k = sizes.get("moe_ffn_hidden_size")
+            idx = None
+            if k or keep is not None:  # the kept experts' top-k neurons (all of them without a target)
+                per = local[0].numel()
+                top = _topk_grouped(v, len(local), (k or per) * len(local)).view(len(local), -1)
+                experts = keep if keep is not None else torch.arange(len(local))
+                idx = top[experts.sort().values].flatten()
+            out["expert_neurons"] = _summary(v, idx)
+    shared = acts.get(f"{prefix}.shared_experts")
+    if isinstance(shared, torch.Tensor):
+        v = _vec(shared)
+        k = sizes.get("moe_shared_expert_intermediate_size")
+        out["shared_expert_neurons"] = _summary(v, v.argsort(descending=True)[:k] if k else None)
+    return out
+
+
 def _fmt(x, spec=".4f") -> str:
     return "-" if x is None else format(x, spec)
 
 
+WIDTHS = (("mlp_neurons", "MLP neurons"), ("attention_heads", "attn heads"), ("mamba_heads", "Mamba heads"),
+          ("mamba_head_dim", "Mamba head dim"), ("moe_experts", "experts"), ("expert_neurons", "expert neurons"),
+          ("shared_expert_neurons", "shared-expert neurons"))
+
+
 def _width(row: dict) -> str:
     parts = []
-    for key, name in (("mlp_neurons", "MLP neurons"), ("attention_heads", "attn heads"),
-                      ("mamba_heads", "Mamba heads"), ("mamba_head_dim", "Mamba head dim")):
+    for key, name in WIDTHS:
         s = row.get(key)
         if s is None:
             continue
         kept = f"->{s['kept']} keeps {100 * s['kept_share']:.0f}%" if "kept" in s else ""
+        if "kept_experts" in s:
+            kept += f" {s['kept_experts']}"
         parts.append(f"{name} {s['size']}{kept} (mean {s['mean']:.3g})")
     return "; ".join(parts)
 
@@ -159,14 +211,15 @@ def save_plot(report: dict, path) -> bool:
         return False
     rows = report["layers"]
     xs = [r["layer"] for r in rows]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    moe = [r for r in rows if "moe_experts" in r]
+    fig, axes = plt.subplots(1, 3 if moe else 2, figsize=(15 if moe else 10, 3.5))
     axes[0].bar([x - 0.2 for x in xs], [r["score_cosine"] or 0 for r in rows], width=0.4, label="1 - cos")
     axes[0].bar([x + 0.2 for x in xs], [r.get("loss_increase") or 0 for r in rows], width=0.4,
                 label="LM-loss increase if dropped")
     axes[0].set_xlabel("layer")
     axes[0].set_title("layer importance")
     axes[0].legend()
-    for key in ("mlp_neurons", "attention_heads", "mamba_heads", "mamba_head_dim"):
+    for key, _ in WIDTHS:
         pts = [(r["layer"], r[key]["kept_share"]) for r in rows if key in r and "kept_share" in r[key]]
         if pts:
             axes[1].plot(*zip(*pts), "o-", label=key)
@@ -174,6 +227,16 @@ def save_plot(report: dict, path) -> bool:
     axes[1].set_xlabel("layer")
     axes[1].set_title("share of importance kept")
     axes[1].legend()
+    if moe:  # each expert's importance per layer; filled: kept
+        for r in moe:
+            e = r["moe_experts"]
+            kept = set(e.get("kept_experts", range(len(e["values"]))))
+            for j, v in enumerate(e["values"]):
+                axes[2].scatter(r["layer"], v, marker="o", s=30, facecolors="C0" if j in kept else "none",
+                                edgecolors="C0")
+                axes[2].annotate(str(j), (r["layer"], v), textcoords="offset points", xytext=(4, 0), fontsize=7)
+        axes[2].set_xlabel("layer")
+        axes[2].set_title("MoE expert importance (filled: kept)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -39,7 +39,13 @@ class ModelConfig:
     normalization: str = "LayerNorm"
     layernorm_epsilon: float = 1e-5
     add_bias_linear: bool = False
+    # Biases on the fused QKV projection only (Qwen2); Megatron's add_qkv_bias. add_bias_linear
+    # also gives the QKV projection biases.
+    add_qkv_bias: bool = False
     qk_layernorm: bool = False
+    # Norm weights stored as gamma - 1 (Nemotron-4's LayerNorm1P); Megatron's
+    # layernorm_zero_centered_gamma.
+    layernorm_zero_centered_gamma: bool = False
     # "rope", "learned_absolute" or "none".
     position_embedding_type: str = "rope"
     rotary_base: int = 10000

@@ -200,7 +200,8 @@ class DataConfig:
     num_documents: int = 4000
     corpus_seed: int = 1234
     # "byte" (UTF-8 bytes + special tokens), "bundled" (a 1024-token BPE trained on the bundled
-    # corpora, built once into the cache), "hf" or "sentencepiece" (with tokenizer_path).
+    # corpora, built once into the cache), "bundled_digits" (the same with single-digit number
+    # tokens), "hf" or "sentencepiece" (with tokenizer_path).
     tokenizer: str = "byte"
     # For hf: a tokenizer.json or a folder holding one; for sentencepiece: the .model file.
     tokenizer_path: Optional[str] = None
@@ -253,8 +254,8 @@ class DataConfig:
 
     def _validate_tokenizer(self) -> None:
         # The names of nemo_reason.data.tokenizer.TOKENIZERS, listed here so validation imports no Megatron.
-        _check(self.tokenizer in ("byte", "bundled", "hf", "sentencepiece"),
-               f"data.tokenizer={self.tokenizer!r}: use byte, bundled, hf or sentencepiece "
+        _check(self.tokenizer in ("byte", "bundled", "bundled_digits", "hf", "sentencepiece"),
+               f"data.tokenizer={self.tokenizer!r}: use byte, bundled, hf or sentencepiece, or bundled_digits "
                "(hf and sentencepiece also need data.tokenizer_path)")
         if self.tokenizer not in ("hf", "sentencepiece"):
             _check(not self.tokenizer_path, f"data.tokenizer_path is set but data.tokenizer={self.tokenizer} "

@@ -13,6 +13,12 @@ built once per cache (a file lock keeps concurrent ranks from building it twice)
 atomically. Training is deterministic: the same inputs give the same ``tokenizer.json``, checked
 against ``BUNDLED_SHA256`` by the tests so a change of the ``tokenizers`` library that would
 change token ids (and so every golden loss) is caught.
+
+The **bundled_digits** tokenizer (``data.tokenizer=bundled_digits``) is the same BPE, trained on the
+same texts with the same vocabulary size, except that every digit is its own pre-token (the Llama 3 /
+Nemotron convention: ``Digits(individual_digits=True)`` before the byte-level split), so a number is
+always its digits, one token each, and ``54 + 39`` is the same token problem wherever it occurs. It has
+its own cache entry and its own pinned ``BUNDLED_DIGITS_SHA256``; the ``bundled`` tokenizer is unchanged.
 """
 
 from __future__ import annotations
@@ -32,14 +38,18 @@ BUNDLED_MIX = (("math", 3000), ("mcq", 3000), ("code", 1000))
 BUNDLED_SYNTHETIC_DOCS = 2000
 # SHA-256 of the bundled tokenizer.json as built with tokenizers 0.23 (tests/unit/test_tokenizers.py).
 BUNDLED_SHA256 = "6482836e16cdfdba6d07a733e366ee6023c5f97fb887c651cfba35a37a297c0a"
+# The same for bundled_digits (tests/unit/test_tokenizer_digits.py).
+BUNDLED_DIGITS_SHA256 = "e308225621f654c8ca463e11fbf033bcc40df93e8d617582e78b4096b822ee8b"
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int, out_dir: str | Path, min_frequency: int = 2,
-              special_tokens: Sequence[str] = (EOD, PAD)) -> Path:
+              special_tokens: Sequence[str] = (EOD, PAD), split_digits: bool = False) -> Path:
     """Train a byte-level BPE on ``texts``; write ``out_dir/tokenizer.json`` (+ config) atomically.
 
     ``special_tokens[0]`` ends documents and ``special_tokens[1]`` pads; they take ids 0 and 1.
-    Returns the path of ``tokenizer.json``.
+    ``split_digits``: every digit is its own pre-token, so no merge ever joins two digits (a number
+    is tokenized digit by digit; a space before it stays its own token). Returns the path of
+    ``tokenizer.json``.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -47,7 +57,11 @@ def train_bpe(texts: Iterable[str], vocab_size: int, out_dir: str | Path, min_fr
         raise ValueError(f"vocab_size={vocab_size}: a byte-level BPE needs at least {256 + len(special_tokens)} "
                          "(256 bytes + special tokens)")
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    if split_digits:
+        tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+    else:
+        tok.pre_tokenizer = byte_level
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
                                   special_tokens=list(special_tokens),
@@ -109,15 +123,17 @@ def bundled_training_texts() -> Iterable[str]:
         yield doc["text"]
 
 
-def bundled_dir(cache_dir: str = "") -> Path:
+def bundled_dir(cache_dir: str = "", split_digits: bool = False) -> Path:
     from nemo_reason.data.indexed import cache_root
 
-    return cache_root(cache_dir) / "tokenizers" / f"bundled-bpe{BUNDLED_VOCAB}-v{BUNDLED_VERSION}"
+    kind = "bundled-digits" if split_digits else "bundled"
+    return cache_root(cache_dir) / "tokenizers" / f"{kind}-bpe{BUNDLED_VOCAB}-v{BUNDLED_VERSION}"
 
 
-def bundled_tokenizer_path(cache_dir: str = "") -> Path:
-    """``tokenizer.json`` of the bundled tokenizer, trained into the cache on first use."""
-    out = bundled_dir(cache_dir)
+def bundled_tokenizer_path(cache_dir: str = "", split_digits: bool = False) -> Path:
+    """``tokenizer.json`` of the bundled tokenizer (``split_digits``: of bundled_digits), trained into
+    the cache on first use."""
+    out = bundled_dir(cache_dir, split_digits)
     path = out / "tokenizer.json"
     if path.is_file():
         return path
@@ -125,5 +141,5 @@ def bundled_tokenizer_path(cache_dir: str = "") -> Path:
     with open(out.parent / f"{out.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # other ranks wait here, then find it built
         if not path.is_file():
-            train_bpe(bundled_training_texts(), BUNDLED_VOCAB, out)
+            train_bpe(bundled_training_texts(), BUNDLED_VOCAB, out, split_digits=split_digits)
     return path

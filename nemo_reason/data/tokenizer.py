@@ -12,6 +12,9 @@ hf             a Hugging Face ``tokenizers`` tokenizer: ``tokenizer.json`` or   
 sentencepiece  a SentencePiece ``.model`` file                                  file
 =============  ==============================================================  ==============
 
+``bundled_digits`` (no path, cache) is the bundled BPE with every digit its own token: numbers are
+split digit by digit, as the Llama 3 / Nemotron tokenizers do (:mod:`nemo_reason.data.bpe`).
+
 Every tokenizer is a Megatron ``MegatronLegacyTokenizer``: ``tokenize`` (a list of ids, no
 special tokens added), ``detokenize``, ``vocab``, ``vocab_size``, ``eod``, ``pad`` and the
 ``unique_identifiers`` Megatron's ``GPTDataset`` hashes into its index cache names (for file
@@ -198,6 +201,26 @@ class BundledTokenizer(HFTokenizer):
 
     @classmethod
     def build(cls, path: Optional[str] = None, cache_dir: str = "") -> "BundledTokenizer":
+        return cls(cache_dir)
+
+    def __reduce__(self):
+        return (type(self), (self.cache_dir,))
+
+
+@TOKENIZERS.register("bundled_digits")
+class BundledDigitsTokenizer(HFTokenizer):
+    """The bundled BPE (1024 tokens) with single-digit number tokens, built once into the cache."""
+
+    def __init__(self, cache_dir: str = ""):
+        from nemo_reason.data.bpe import bundled_tokenizer_path
+
+        self.cache_dir = cache_dir
+        super().__init__(str(bundled_tokenizer_path(cache_dir, split_digits=True)))
+        self.unique_identifiers["tokenizer_path"] = ["bundled_digits"]
+        self.unique_description = json.dumps(self.unique_identifiers, indent=4)
+
+    @classmethod
+    def build(cls, path: Optional[str] = None, cache_dir: str = "") -> "BundledDigitsTokenizer":
         return cls(cache_dir)
 
     def __reduce__(self):

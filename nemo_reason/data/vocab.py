@@ -22,10 +22,10 @@ def vocab_size_of(name: str, path: Optional[str] = None, cache_dir: str = "") ->
         import sentencepiece as spm
 
         return int(spm.SentencePieceProcessor(model_file=os.path.expanduser(str(path))).get_piece_size())
-    if name == "bundled":
+    if name in ("bundled", "bundled_digits"):
         from nemo_reason.data.bpe import bundled_tokenizer_path
 
-        file = str(bundled_tokenizer_path(cache_dir))
+        file = str(bundled_tokenizer_path(cache_dir, split_digits=name == "bundled_digits"))
     elif name == "hf":
         p = os.path.expanduser(str(path))
         file = os.path.join(p, "tokenizer.json") if os.path.isdir(p) else p

@@ -137,6 +137,9 @@ def run(cfg, ctx: StepContext) -> StepResult:
     from nemo_reason.training.loop import run_loop
     from nemo_reason.training.state import architecture_from
 
+    from nemo_reason.backend.allocator import keep_freed_memory
+
+    keep_freed_memory()  # on CPU: no page faults for each micro-batch's logits (backend/allocator.py)
     step: DistillConfig = ctx.step
     student_ckpt = ctx.require_input()
     teacher_ckpt = resolve_teacher(step.teacher, ctx.run_dir, step_names(cfg))

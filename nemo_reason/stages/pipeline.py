@@ -236,7 +236,29 @@ def run_pipeline(cfg: RunConfig, dims) -> List[StepResult]:
 
             preemption.record(run_dir, name, int(result.metrics.get("final_step") or 0), prev_ckpt)
             break
+    if rank == 0:
+        report(run_dir)
     return results
+
+
+def report(run_dir: Path) -> None:
+    """The run summary on the terminal and ``<run.dir>/report.html`` (nemo_reason/report/), when the
+    pipeline finishes or stops. ``NEMO_REASON_REPORT``: ``html`` (the default), ``summary`` (the table
+    only: no plots drawn, e.g. in the test suite) or ``off``. After the preemption signal only the table
+    (the grace time is for the checkpoint). The run's outcome is already on disk: a report that fails
+    says so and how to retry, and leaves the exit code alone."""
+    mode = os.environ.get("NEMO_REASON_REPORT", "html").strip().lower()
+    if mode in ("off", "0", "false", "no"):
+        return
+    from nemo_reason.report import report_run
+    from nemo_reason.training import preemption
+
+    try:
+        report_run(run_dir, html=mode != "summary" and not preemption.exit_code(),
+                   say=lambda text: print("\n".join(f"[nemo-reason] {line}" for line in text.splitlines()), flush=True))
+    except Exception as exc:  # noqa: BLE001 - the steps' results are saved; the report is a view of them
+        print(f"[nemo-reason] report failed ({type(exc).__name__}: {exc}); retry with `nemo-reason report {run_dir}`",
+              flush=True)
 
 
 def _stop_requested() -> bool:

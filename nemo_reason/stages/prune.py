@@ -22,7 +22,8 @@ What it does, in order:
    the weights and modelopt's divisors), the parameters really shrank (in place = rebuilt = the
    planner's count), the rebuilt model's logits equal the in-place pruned model's within
    ``logit_tolerance``; then measures the pruned model's validation loss;
-4. writes ``importance.json`` (per layer: MLP neurons, attention heads, Mamba heads and head dim,
+4. writes ``importance.json`` (per layer: MLP neurons, attention heads, Mamba heads and head dim, MoE
+   experts (modelopt's importance, routed tokens, the kept ones) and their neurons,
    layer scores; embedding channels), the table in the log, ``importance.png`` with matplotlib,
    ``metrics.json``, modelopt's own output in ``modelopt.log``, and a self-describing checkpoint
    (``checkpoints/iter_0000000``, its meta.json holding the pruned architecture and the input's
@@ -98,9 +99,13 @@ class PruneConfig(StepConfig):
         where = f"step '{self.name or self.type}' (prune)"
         p = cfg.parallel
         if p.tp != 1 or p.pp != 1 or p.cp != 1 or getattr(p, "ep", 1) != 1:
+            ones = ", ".join(f"parallel.{k}: 1" for k, v in (("tp", p.tp), ("pp", p.pp), ("cp", p.cp),
+                                                              ("ep", getattr(p, "ep", 1))) if v != 1)
             raise ConfigError(f"{where}: pruning runs at parallel.tp=pp=cp=ep=1 (modelopt's Minitron supports "
-                              f"TP=1 only), this step has tp={p.tp} pp={p.pp} cp={p.cp}: set them to 1 in its "
-                              "overrides; the pruned model trains at any layout afterwards")
+                              f"TP=1 only), this step has tp={p.tp} pp={p.pp} cp={p.cp} ep={getattr(p, 'ep', 1)}: "
+                              f"prune in one process, with overrides: {{{ones}}} on this step (e.g. {{type: prune, "
+                              f"..., overrides: {{{ones}}}}}); its checkpoint reshards on load, so the steps after "
+                              "it still run at the pipeline's layout")
         if self.params is not None and cfg.model.type == "hybrid" and (
                 self.num_layers is not None or "num_layers" in self.budget_fields):
             raise ConfigError(f"{where}: a parameter budget does not choose a hybrid's depth (which layers go is "

@@ -118,7 +118,7 @@ def architecture_from(cfg: RunConfig, checkpoint: Optional[Path]) -> tuple:
         recorded = cmeta.model_config_of(checkpoint)
     except FileNotFoundError:
         return cfg, None
-    diff = cmeta.architecture_diff(recorded, cfg.model)
+    diff = cmeta.architecture_diff(recorded, cfg.model) + cmeta.adopted_numerics(recorded, cfg.model)
     if not diff:
         return cfg, None
     # Architecture from the checkpoint; everything else (backend, dropout, ...) from this step's config.

@@ -1,4 +1,5 @@
-"""The main job, exactly as the README runs it: `nemo-reason run` (the tiny default recipe)."""
+"""The dense pretraining job: `nemo-reason run tiny` (the default recipe until the whole lifecycle,
+tiny_lifecycle, took its place; tests/e2e/test_lifecycle.py)."""
 
 import json
 from pathlib import Path
@@ -13,7 +14,7 @@ GOLDEN = Path(__file__).resolve().parents[1] / "assets" / "tiny_losses.json"
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("tiny")
-    proc = run_cli(["run"], cwd=cwd)
+    proc = run_cli(["run", "tiny"], cwd=cwd)
     return cwd, proc
 
 

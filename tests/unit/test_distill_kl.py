@@ -114,3 +114,49 @@ def test_fused_kl_under_tp2_equals_full_vocabulary():
         v = r.value
         assert v["ref_min"] > 0.05 and v["grad_scale"] > 1e-3, v
         assert v["total_err"] < 1e-6 and v["grad_err"] < 1e-6, v
+
+
+def test_blocks_and_workspace_change_no_bit(monkeypatch):
+    """The KL runs block by block with the student's log-softmax in a reused workspace: blocks of 2
+    rows (a ragged last one) give the same bits as one block, the workspace is the same buffer
+    from one forward/backward to the next, and a second forward before its backward gets its own."""
+    import nemo_reason.compress.distill as cd
+
+    student, teacher, weight = _logits(3)
+
+    def run(workspace=None):
+        s = student.detach().clone().requires_grad_(True)
+        kl = cd._LogitsKL.apply(s, teacher.clone(), 2.0, None, 1, workspace)
+        (kl * weight).sum().backward()
+        return kl.detach(), s.grad
+
+    one = run()
+    monkeypatch.setattr(cd, "BLOCK_ELEMS", 2 * V)
+    assert len(cd._blocks(S * B, V)) == 11  # 21 rows in blocks of 2
+    ws = cd.Workspace()
+    for _ in range(2):
+        kl, grad = run(ws)
+        assert torch.equal(kl, one[0]) and torch.equal(grad, one[1])
+    buffer = ws._buffer
+    assert buffer is not None and not ws._busy
+    s1, s2 = (student.detach().clone().requires_grad_(True) for _ in range(2))
+    k1 = cd._LogitsKL.apply(s1, teacher.clone(), 2.0, None, 1, ws)
+    k2 = cd._LogitsKL.apply(s2, teacher.clone(), 2.0, None, 1, ws)  # the workspace is taken: a new tensor
+    (k2 * weight).sum().backward()
+    (k1 * weight).sum().backward()
+    assert ws._buffer is buffer and not ws._busy
+    assert torch.equal(s1.grad, one[1]) and torch.equal(s2.grad, one[1])
+    with torch.no_grad():  # no backward to come: the workspace is not taken
+        cd._LogitsKL.apply(student.detach(), teacher.clone(), 2.0, None, 1, ws)
+    assert not ws._busy
+
+
+def test_glibc_keeps_freed_memory():
+    """The distill step's allocator setting takes effect on this (Linux, glibc, CPU) machine."""
+    import platform
+
+    from nemo_reason.backend.allocator import keep_freed_memory
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        pytest.skip("glibc only")
+    assert keep_freed_memory() is True

@@ -63,3 +63,16 @@ def test_the_cli_exits_2_on_a_bad_target(tmp_path):
     proc = run_cli(["show", "tiny_hybrid_prune", "pipeline.1.mamba_num_heads=3"], cwd=tmp_path, check=False, timeout=120)
     assert proc.returncode == 2, proc.stdout[-2000:]
     assert "legal values are 2, 4, 6, 8" in proc.stdout
+
+
+def test_prune_under_tensor_parallelism_is_refused_naming_the_fix():
+    """modelopt's Minitron prunes at TP=1 only: a prune step at tp=2 exits 2 at composition, naming the
+    step override that fixes it; with it, the pipeline composes and the steps after run at tp=2."""
+    from nemo_reason.stages.prune import later_layout
+
+    tp2 = ["parallel.tp=2", "launcher.nproc_per_node=2"]
+    with pytest.raises(ConfigError, match=r"TP=1 only.*overrides: \{parallel.tp: 1\}.*reshards on load"):
+        compose("tiny", [*tp2, _pipeline("hidden_size:96")])
+    cfg = compose("tiny", [*tp2, "pipeline=[{type: pretrain}, {type: prune, hidden_size: 96, "
+                                 "overrides: {parallel.tp: 1}}, {type: perplexity}]"])
+    assert cfg.parallel.tp == 2 and later_layout(cfg) == (2, 1)

@@ -21,12 +21,37 @@ class PortableNorm:
 
     def __new__(cls, config, hidden_size: int, eps: float = 1e-5, persist_layer_norm: bool = False,
                 zero_centered_gamma: bool = False, normalization: str = "LayerNorm"):
-        if config.layernorm_zero_centered_gamma:
-            raise NotImplementedError("layernorm_zero_centered_gamma needs model.backend=te")
         kinds = {"LayerNorm": torch.nn.LayerNorm, "RMSNorm": torch.nn.RMSNorm}
+        if config.layernorm_zero_centered_gamma:
+            kinds = {"LayerNorm": ZeroCenteredLayerNorm, "RMSNorm": ZeroCenteredRMSNorm}
         if config.normalization not in kinds:
             raise NotImplementedError(f"normalization={config.normalization!r}: use LayerNorm or RMSNorm")
         norm = kinds[config.normalization](normalized_shape=hidden_size, eps=eps)
         for p in norm.parameters():
             setattr(p, "sequence_parallel", config.sequence_parallel)
         return norm
+
+
+class ZeroCenteredLayerNorm(torch.nn.LayerNorm):
+    """LayerNorm whose stored weight is gamma - 1 (TE's ``zero_centered_gamma``, Nemotron-4's
+    LayerNorm1P): initialised to zero, applied as ``weight + 1``. Same parameters and keys."""
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        if self.elementwise_affine:
+            torch.nn.init.zeros_(self.weight)
+
+    def forward(self, x):
+        return torch.nn.functional.layer_norm(x, self.normalized_shape, self.weight + 1, self.bias, self.eps)
+
+
+class ZeroCenteredRMSNorm(torch.nn.RMSNorm):
+    """RMSNorm whose stored weight is gamma - 1 (TE's ``zero_centered_gamma``)."""
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        if self.elementwise_affine:
+            torch.nn.init.zeros_(self.weight)
+
+    def forward(self, x):
+        return torch.nn.functional.rms_norm(x, self.normalized_shape, self.weight + 1, self.eps)
