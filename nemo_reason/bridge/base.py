@@ -151,3 +151,30 @@ class Bridge:
             raise BridgeError(f"this model cannot be exported as {self.model_type}: it does not have that "
                               f"architecture (activation={m.activation}, normalization={m.normalization}, "
                               f"qk_layernorm={m.qk_layernorm}, add_qkv_bias={m.add_qkv_bias})")
+
+
+class FieldChecks:
+    """Mixin for a bridge that lists what it cannot export field by field: it implements
+    :meth:`export_problems` (``model.field=value`` per setting this architecture cannot hold, built
+    with :meth:`want`); :meth:`matches` and :meth:`check_export` follow from it, and the error ends with
+    :attr:`export_summary` (default: the first line of the class docstring)."""
+
+    export_summary = ""
+
+    def export_problems(self, m: ModelConfig) -> List[str]:
+        raise NotImplementedError
+
+    @staticmethod
+    def want(bad: List[str], m: ModelConfig, name: str, ok: bool, value: Any = None) -> None:
+        """Append ``model.name=value`` to ``bad`` unless ``ok``."""
+        if not ok:
+            bad.append(f"model.{name}={getattr(m, name) if value is None else value!r}")
+
+    def matches(self, m: ModelConfig) -> bool:
+        return not self.export_problems(m)
+
+    def check_export(self, m: ModelConfig) -> None:
+        bad = self.export_problems(m)
+        if bad:
+            summary = self.export_summary or (type(self).__doc__ or "").strip().splitlines()[0]
+            raise BridgeError(f"this model cannot be exported as {self.model_type}: {', '.join(bad)} ({summary})")

@@ -41,8 +41,8 @@ from __future__ import annotations
 
 from typing import Any, Dict, List
 
-from nemo_reason.bridge import BridgeError, register_bridge
-from nemo_reason.bridge.base import Bridge, HFConfig
+from nemo_reason.bridge import register_bridge
+from nemo_reason.bridge.base import Bridge, FieldChecks, HFConfig
 from nemo_reason.bridge.llama import (OUR_LAYER, attention_templates, dense_hf_config, dense_model_config,
                                       mlp_templates, outer_mappings)
 from nemo_reason.bridge.mapping import Direct, GatedMLP, Mapping, for_layers
@@ -115,7 +115,7 @@ def _moe_fields(hf: HFConfig, experts_fields: tuple, expert_ffn_field: str) -> D
             "moe_aux_loss_coeff": float(hf.get("router_aux_loss_coef", 0.0)), "moe_z_loss_coeff": None}
 
 
-class _MoEBridge(Bridge):
+class _MoEBridge(FieldChecks, Bridge):
     """What the three share: export checks on the routing and the layout of the layers."""
 
     hf_moe = "model.layers.{layer}.mlp"
@@ -125,13 +125,12 @@ class _MoEBridge(Bridge):
     qkv_bias = False
     dense_layers = True            # may hold dense MLP layers (moe_layer_freq > 1)
 
-    def _export_problems(self, m: ModelConfig) -> List[str]:
-        """``field=value`` for every setting this architecture cannot hold."""
-        bad = []
+    def export_problems(self, m: ModelConfig) -> List[str]:
+        """``model.field=value`` for every setting this architecture cannot hold."""
+        bad: List[str] = []
 
         def want(name, ok, value=None):
-            if not ok:
-                bad.append(f"model.{name}={getattr(m, name) if value is None else value!r}")
+            self.want(bad, m, name, ok, value)
 
         want("type", m.type == "moe")
         want("activation", m.activation == "swiglu")
@@ -156,15 +155,6 @@ class _MoEBridge(Bridge):
         else:
             want("moe_shared_expert_intermediate_size", not m.moe_shared_expert_intermediate_size)
         return bad
-
-    def matches(self, m: ModelConfig) -> bool:
-        return not self._export_problems(m)
-
-    def check_export(self, m: ModelConfig) -> None:
-        bad = self._export_problems(m)
-        if bad:
-            raise BridgeError(f"this model cannot be exported as {self.model_type}: {', '.join(bad)} "
-                              f"({(type(self).__doc__ or '').strip().splitlines()[0]})")
 
     def mappings(self, m: ModelConfig) -> List[Mapping]:
         moe = set(moe_layers(m))

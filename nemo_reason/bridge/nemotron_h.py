@@ -52,7 +52,7 @@ from __future__ import annotations
 from typing import Any, Dict, List
 
 from nemo_reason.bridge import BridgeError, register_bridge
-from nemo_reason.bridge.base import Bridge, HFConfig
+from nemo_reason.bridge.base import Bridge, FieldChecks, HFConfig
 from nemo_reason.bridge.llama import head_dim
 from nemo_reason.bridge.mapping import QKV, Direct, Mapping
 from nemo_reason.config.layers import ATTENTION, MAMBA, MLP, MOE
@@ -98,7 +98,7 @@ def _want(hf: HFConfig, name: str, allowed, default, why: str):
 
 
 @register_bridge
-class NemotronHBridge(Bridge):
+class NemotronHBridge(FieldChecks, Bridge):
     """Nemotron-H hybrid decoder (Mamba-2 groups, attention without RoPE, squared-ReLU MLP/MoE layers)."""
 
     model_type = "nemotron_h"
@@ -231,12 +231,15 @@ class NemotronHBridge(Bridge):
             })
         return cfg
 
-    def _export_problems(self, m: ModelConfig) -> List[str]:
-        bad = []
+    export_summary = ("Nemotron-H is a hybrid of Mamba-2, attention without position embeddings and squared-ReLU "
+                      "MLPs, RMSNorm with eps 1e-5, no biases; MoE layers route by sigmoid with an expert bias")
 
-        def want(name, ok):
-            if not ok:
-                bad.append(f"model.{name}={getattr(m, name)!r}")
+    def export_problems(self, m: ModelConfig) -> List[str]:
+        """``model.field=value`` for every setting this architecture cannot hold."""
+        bad: List[str] = []
+
+        def want(name, ok, value=None):
+            self.want(bad, m, name, ok, value)
 
         want("type", m.type == "hybrid")
         want("activation", m.activation == "squared_relu")
@@ -254,16 +257,6 @@ class NemotronHBridge(Bridge):
             want("moe_shared_expert_intermediate_size", bool(m.moe_shared_expert_intermediate_size))
             want("moe_router_pre_softmax", not m.moe_router_pre_softmax)
         return bad
-
-    def matches(self, m: ModelConfig) -> bool:
-        return not self._export_problems(m)
-
-    def check_export(self, m: ModelConfig) -> None:
-        bad = self._export_problems(m)
-        if bad:
-            raise BridgeError(f"this model cannot be exported as nemotron_h: {', '.join(bad)} (Nemotron-H is a "
-                              "hybrid of Mamba-2, attention without position embeddings and squared-ReLU MLPs, "
-                              "RMSNorm with eps 1e-5, no biases; MoE layers route by sigmoid with an expert bias)")
 
     # --- tensors --------------------------------------------------------------------------------
     def mappings(self, m: ModelConfig) -> List[Mapping]:
