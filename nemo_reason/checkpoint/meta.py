@@ -150,10 +150,14 @@ def model_config_from_dict(d: Dict[str, Any]) -> ModelConfig:
 
 def tokenizer_record(data_cfg, tokenizer=None) -> Dict[str, Any]:
     """The record of the tokenizer ``data_cfg`` names (``data.tokenizer``, ``tokenizer_path``,
-    ``cache_dir``), built or as ``tokenizer`` when the caller has it already. ``source`` is the file
+    ``cache_dir``), built or as ``tokenizer`` when the caller has it already; for a tokenizer
+    :func:`load_tokenizer` built from a checkpoint, that checkpoint's record. ``source`` is the file
     :func:`copy_tokenizer` copies into each checkpoint."""
     from nemo_reason.data.tokenizer import build_tokenizer, file_digest, tokenizer_json
 
+    carried = getattr(tokenizer, "checkpoint_record", None)
+    if carried:  # loaded from a checkpoint (load_tokenizer): its record, e.g. an imported model's hf tokenizer
+        return dict(carried)
     name, path = data_cfg.tokenizer, data_cfg.tokenizer_path
     if tokenizer is None:
         tokenizer = build_tokenizer(name, path, data_cfg.cache_dir)
@@ -227,6 +231,12 @@ def load_tokenizer(ckpt_dir: str | os.PathLike, cache_dir: str = ""):
     if want is not None and tok.vocab_size != want:
         raise ConfigError(f"{ckpt_dir}: its tokenizer has {tok.vocab_size} tokens, the checkpoint was trained "
                           f"with {want}: the tokenizer file changed since (restore the one it was trained with)")
+    # What a step continuing from this checkpoint records for it (tokenizer_record): this record, with
+    # the checkpoint's copy as the file to copy on, not whatever data.tokenizer names.
+    carried = {k: v for k, v in rec.items() if k not in ("file", "files")}
+    if rec.get("file"):
+        carried["source"] = str((ckpt_dir / rec["file"]).resolve())
+    tok.checkpoint_record = carried
     return tok
 
 

@@ -89,7 +89,10 @@ def ensure_synthetic(cache_dir: str, num_documents: int, seed: int, tokenizer, t
     """Build the synthetic corpus dataset once (cached by its parameters)."""
     from nemo_reason.data.corpus import generate
 
-    if tokenizer_name != "byte":  # file tokenizers share a name: key by the tokenizer's identity
+    # File tokenizers share a name, and the tokenizer may not be data.tokenizer's (a step continuing
+    # from a checkpoint tokenizes with the checkpoint's): key by the tokenizer's identity.
+    if tokenizer_name != "byte" or type(tokenizer).__name__ != "ByteTokenizer":
+        tokenizer_name = tokenizer_name if tokenizer_name != "byte" else "file"
         ident = hashlib.sha1(tokenizer.unique_description.encode()).hexdigest()[:10]
         tokenizer_name = f"{tokenizer_name}-{ident}"
     prefix = synthetic_prefix(cache_dir, num_documents, seed, tokenizer_name)

@@ -202,8 +202,10 @@ def _mixture_stats(spans: Sequence[PhaseSpan], blends) -> Optional[dict]:
     return {"unigram_entropy_nats": total}
 
 
-def build_data(cfg: RunConfig, dp_size: int) -> DataBundle:
-    tok = build_tokenizer(cfg.data.tokenizer, cfg.data.tokenizer_path, cfg.data.cache_dir)
+def build_data(cfg: RunConfig, dp_size: int, tokenizer=None) -> DataBundle:
+    """The phased training data and the validation data; ``tokenizer``: the one to tokenize with
+    (default: ``data.tokenizer``)."""
+    tok = tokenizer or build_tokenizer(cfg.data.tokenizer, cfg.data.tokenizer_path, cfg.data.cache_dir)
     t = cfg.trainer
     gbs = t.global_batch_size
     phase_cfgs = cfg.data.train_phases()

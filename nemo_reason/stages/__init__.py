@@ -68,6 +68,17 @@ class StepContext:
                               "training step, or start the pipeline from one with run.init_checkpoint=PATH")
         return self.input_checkpoint
 
+    def tokenizer(self, cfg):
+        """The tokenizer the input checkpoint holds (the previous step's, or an imported model's from
+        ``run.init_checkpoint``: its ids are what the weights know), else the run's ``data.tokenizer``."""
+        if self.input_checkpoint is not None:
+            from nemo_reason.checkpoint.meta import load_tokenizer
+
+            return load_tokenizer(self.input_checkpoint, cfg.data.cache_dir)
+        from nemo_reason.data.tokenizer import build_tokenizer
+
+        return build_tokenizer(cfg.data.tokenizer, cfg.data.tokenizer_path, cfg.data.cache_dir)
+
 
 @dataclass
 class StepResult:

@@ -1,6 +1,7 @@
 """``pretrain``: next-token prediction on the configured data, over the shared training core.
 
-Data (Megatron ``GPTDataset`` blends in phases), then the train state (model, DDP, optimizer,
+Data (Megatron ``GPTDataset`` blends in phases, tokenized with the input checkpoint's tokenizer
+when there is one, e.g. an imported Hugging Face model's, else ``data.tokenizer``), then the train state (model, DDP, optimizer,
 schedule; resumed from this step's own checkpoints, else the weights of the input checkpoint:
 the previous step's, or ``run.init_checkpoint``, with the optimizer and schedule fresh), then the
 shared loop with the LM loss over the dataset's micro-batches.
@@ -31,7 +32,7 @@ def run(cfg, ctx: StepContext) -> StepResult:
     from nemo_reason.training.losses import lm_forward_step
     from nemo_reason.training.state import build_train_state
 
-    data = build_data(cfg, ctx.dims.dp)
+    data = build_data(cfg, ctx.dims.dp, tokenizer=ctx.tokenizer(cfg))
     state = build_train_state(cfg, ctx, data.tokenizer.vocab_size, ckpt_root=ctx.step_dir / "checkpoints",
                               init_checkpoint=ctx.input_checkpoint)
     if ctx.rank == 0:

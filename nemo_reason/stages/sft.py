@@ -72,7 +72,7 @@ def run(cfg, ctx: StepContext) -> StepResult:
 
     step: SFTConfig = ctx.step
     t = cfg.trainer
-    tok = _tokenizer(cfg, ctx)
+    tok = ctx.tokenizer(cfg)
     data = build_sft_dataset(step.sources, tok, t.seq_length, template=step.template, packed=step.packed,
                              seed=cfg.run.seed, skip_bad=step.skip_bad, cache_dir=cfg.data.cache_dir)
     valid = None
@@ -94,14 +94,3 @@ def run(cfg, ctx: StepContext) -> StepResult:
                       evaluate=dataset_evaluator(valid, state.cfg.trainer, ctx.dims, sft_forward_step),
                       describe=describe, **loop_accounting(state, ctx, tok))
     return StepResult.of(result)
-
-
-def _tokenizer(cfg, ctx):
-    """The tokenizer the input checkpoint was trained with, else the run's."""
-    if ctx.input_checkpoint is not None:
-        from nemo_reason.checkpoint.meta import load_tokenizer
-
-        return load_tokenizer(ctx.input_checkpoint, cfg.data.cache_dir)
-    from nemo_reason.data.tokenizer import build_tokenizer
-
-    return build_tokenizer(cfg.data.tokenizer, cfg.data.tokenizer_path, cfg.data.cache_dir)

@@ -55,21 +55,24 @@ def test_unsupported_architecture_exits_2_and_writes_nothing(tmp_path):
 def test_a_run_starts_from_the_imported_checkpoint(imported):
     root, _, _ = imported
     ckpt = root / "ckpt"
+    # Continued pretraining (the recipe's data, tokenized with the imported tokenizer), then SFT.
     sft = ("{type: sft, sources: [bundled:math:40], skip_bad: true, eval_conversations: 8, "
            "overrides: {trainer.micro_batch_size: 1, trainer.seq_length: 512}}")
     proc = run_cli(["run", "tiny", "trainer.max_steps=2", "trainer.log_every=1", "trainer.eval_every=2",
                     "trainer.eval_iters=1", "trainer.progress=false", "trainer.global_batch_size=2",
                     "trainer.micro_batch_size=1",
-                    f"run.init_checkpoint={ckpt}", "run.dir=from_hf", f"pipeline=[{sft}]"], cwd=root)
+                    f"run.init_checkpoint={ckpt}", "run.dir=from_hf", f"pipeline=[{{type: pretrain}}, {sft}]"],
+                   cwd=root)
     out = proc.stdout
     assert f"initialised weights from {ckpt}" in out, out[-3000:]
     assert "model architecture from" in out and "rotary_base=1000000" in out and "layernorm_epsilon=1e-06" in out
-    recs = read_metrics(root / "from_hf" / "sft")
-    assert [r["step"] for r in recs] == [1, 2] and all(r["loss"] > 0 for r in recs)
-    step_ckpt = sorted((root / "from_hf" / "sft" / "checkpoints").glob("iter_*"))[-1]
-    meta = json.loads((step_ckpt / "meta.json").read_text())
-    assert meta["model"]["qk_layernorm"] and meta["model"]["rotary_base"] == 1000000
-    assert meta["tokenizer"]["vocab_size"] == 300
+    for step in ("pretrain", "sft"):
+        recs = read_metrics(root / "from_hf" / step)
+        assert [r["step"] for r in recs] == [1, 2] and all(r["loss"] > 0 for r in recs)
+        step_ckpt = sorted((root / "from_hf" / step / "checkpoints").glob("iter_*"))[-1]
+        meta = json.loads((step_ckpt / "meta.json").read_text())
+        assert meta["model"]["qk_layernorm"] and meta["model"]["rotary_base"] == 1000000
+        assert meta["tokenizer"]["name"] == "hf" and meta["tokenizer"]["vocab_size"] == 300, meta["tokenizer"]
     # The fine-tuned model exports (architecture inferred: the step's checkpoint has no "hf" record).
     run_cli(["export-hf", str(root / "from_hf" / "sft"), "--output", str(root / "sft_hf")], cwd=root)
     model = transformers.AutoModelForCausalLM.from_pretrained(str(root / "sft_hf"))

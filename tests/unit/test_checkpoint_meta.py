@@ -121,6 +121,15 @@ def test_hf_tokenizer_is_copied_and_loads_without_the_original(tmp_path):
     text = "the answer is four"
     assert back.tokenize(text) == tok.tokenize(text)
     assert (back.vocab_size, back.eod, back.pad) == (tok.vocab_size, tok.eod, tok.pad)
+    # A step continuing from the checkpoint under a run whose data.tokenizer says otherwise (an imported
+    # model under a recipe with the bundled BPE) records, and copies on, the checkpoint's tokenizer.
+    carried = tokenizer_record(DataConfig(tokenizer="bundled"), back)
+    assert carried["name"] == "hf" and carried["vocab_size"] == 300 and carried["sha256"] == record["sha256"]
+    nxt = tmp_path / "iter_0000010"
+    nxt.mkdir()
+    write_meta(nxt, {"tokenizer": carried}, step=10, consumed_samples=0, layout={}, saved_at=0.0)
+    shutil.rmtree(ckpt)  # only the new checkpoint's copy is left
+    assert load_tokenizer(nxt).tokenize(text) == tok.tokenize(text)
 
 
 def _show(args, capsys):
