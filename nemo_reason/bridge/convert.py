@@ -193,7 +193,7 @@ def import_hf(hf_dir, output, *, verify: bool = True, seq_len: int = 32, log: Op
     summary = {"model_type": bridge.model_type, "checkpoint": str(output), "parity": None}
     try:
         with one_process():
-            model = build_our_model(m, int(tok_rec["vocab_size"]))
+            model = build_our_model(m, int(tok_rec["vocab_size"]), initialise=False)  # all overwritten next
             _fill(model, sorted(mappings, key=lambda mp: reader.shard_order(mp.hf)), reader.get, log)
             reader.close()
             saved = save_checkpoint(tmp, model, m, tok_rec, hf=hf_record)

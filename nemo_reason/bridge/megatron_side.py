@@ -74,17 +74,22 @@ def run_config(model_cfg: ModelConfig):
     return dataclasses.replace(cfg, model=model_cfg, trainer=dataclasses.replace(cfg.trainer, precision="fp32"))
 
 
-def build_our_model(model_cfg: ModelConfig, vocab_size: int, checkpoint: Optional[Path] = None):
+def build_our_model(model_cfg: ModelConfig, vocab_size: int, checkpoint: Optional[Path] = None,
+                    initialise: Optional[bool] = None):
     """Our bare model (one chunk) in the current one-process world, eval mode, fp32; weights from
     ``checkpoint`` (any layout) when given. ``vocab_size``: the tokenizer's (padded per
-    ``model_cfg.make_vocab_size_divisible_by``)."""
+    ``model_cfg.make_vocab_size_divisible_by``). ``initialise``: Megatron's random initialisation
+    (default: only without a checkpoint); off when every weight is overwritten next, as on import,
+    since Megatron's CPU initialisation builds a transient full-size copy of each weight."""
     from nemo_reason.parallel import ParallelDims
     from nemo_reason.stages import StepContext
     from nemo_reason.training.state import build_train_state
 
     # The local backend everywhere: one set of module names (SequentialMLP experts, not TE's grouped
     # ones) for the mappings; the checkpoint it writes loads into either backend.
-    cfg = run_config(dataclasses.replace(model_cfg, backend="local"))
+    if initialise is None:
+        initialise = checkpoint is None
+    cfg = run_config(dataclasses.replace(model_cfg, backend="local", perform_initialization=initialise))
     ctx = StepContext(ParallelDims.from_config(cfg.parallel, 1), Path("."), Path("."), "bridge")
     state = build_train_state(cfg, ctx, vocab_size, init_checkpoint=checkpoint, build_optimizer_state=False)
     return state.chunks[0]

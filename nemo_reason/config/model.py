@@ -60,6 +60,9 @@ class ModelConfig:
     hidden_dropout: float = 0.0
     attention_dropout: float = 0.0
     init_method_std: float = 0.02
+    # false: build the weights uninitialised (Megatron's perform_initialization), for a model whose
+    # every weight is overwritten next (Hugging Face conversion): no transient full-size init copies.
+    perform_initialization: bool = True
     # --- hybrid only (type=hybrid); names follow Megatron's TransformerConfig / MambaModel ---
     # Layer pattern, one symbol per layer: M Mamba-2, * attention, - MLP, E MoE (Megatron's
     # hybrid_override_pattern), e.g. "M-M*-M-"; its length must equal num_layers. null: from the ratios.

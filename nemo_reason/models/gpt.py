@@ -75,7 +75,7 @@ def transformer_config(cfg: RunConfig, backend: str, dims=None, **extra) -> Tran
         fp16=t.precision == "fp16",
         # Initialise full weights on the CPU and split them: identical models for every TP size.
         use_cpu_initialization=not on_cuda,
-        perform_initialization=True,
+        perform_initialization=m.perform_initialization,
         # Fusions that need CUDA kernels (apex/TE/Triton) only where they exist.
         bias_activation_fusion=False,
         bias_dropout_fusion=on_cuda and backend == "te",
