@@ -133,7 +133,10 @@ def test_default_pipeline_runs_every_step_type(lifecycle_run):
     run, names = lifecycle_run.run_dir, lifecycle_run.step_names
     assert "recipe tiny_lifecycle ->" in lifecycle_run.stdout  # no recipe named: the default
     pipeline = compose("tiny_lifecycle").pipeline
-    assert sorted({s.type for s in pipeline}) == sorted(load_builtin_steps().names()), "a step type is missing"
+    steps = load_builtin_steps()
+    # The package's own step types (a test elsewhere in the session may register one of its own).
+    builtin = [n for n in steps.names() if getattr(steps.get(n), "__module__", "").startswith("nemo_reason.")]
+    assert sorted({s.type for s in pipeline}) == sorted(builtin), "a step type is missing"
     done = {n: json.loads((run / n / "done.json").read_text()) for n in names}
     # Each step starts from the previous one's output (perplexity and eval hand their input on).
     for prev, name in zip(names, names[1:]):

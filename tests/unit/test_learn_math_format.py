@@ -23,11 +23,12 @@ from nemo_reason.evaluation.tasks import (DOMAINS, EvalRecord, HeldOutError, che
 from nemo_reason.rl.prompts import PromptFields, build_prompt_source
 
 
-@pytest.fixture(scope="module")
-def tok():
+@pytest.fixture(scope="module", params=["bundled", "bundled_digits"])
+def tok(request):
+    """The recipe's tokenizer (bundled_digits) and the default bundled BPE."""
     from nemo_reason.data.tokenizer import build_tokenizer
 
-    return build_tokenizer("bundled")
+    return build_tokenizer(request.param)
 
 
 def test_qa_template_trains_exactly_the_eval_completion(tok):

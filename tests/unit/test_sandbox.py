@@ -174,7 +174,9 @@ def test_fork_bomb_is_capped_and_leaves_nothing():
     t0 = time.monotonic()
     run_python(f"# {mark}\nimport os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n",
                timeout_s=2, nproc=16)
-    assert time.monotonic() - t0 < 5
+    # Killed at its 2 s timeout, not left running: well under the 30 s its children would live
+    # (a loose bound, not a timing claim: 7 s was seen on a loaded 2-core machine).
+    assert time.monotonic() - t0 < 25
     assert processes_with(mark) == []
 
 
