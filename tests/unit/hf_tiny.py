@@ -47,3 +47,38 @@ def hf_folder(folder: Path, config, tokenizer_dir: Path, seed: int = 0, max_shar
     for f in Path(tokenizer_dir).iterdir():
         shutil.copyfile(f, folder / f.name)
     return folder
+
+
+class _Ids:
+    """The tokenizer our sampler needs, without an end-of-document token (both sides run to length)."""
+
+    vocab_size, eod = VOCAB, None
+
+    def detokenize(self, ids):
+        return " ".join(map(str, ids))
+
+
+def assert_greedy_equals_transformers(ckpt: Path, hf_dir: Path, lengths, max_new_tokens: int, seed: int = 3):
+    """Our rollout (greedy, one right-padded batch) from ``ckpt`` equals transformers' greedy
+    ``generate`` on ``hf_dir`` (one prompt at a time), token for token, on random prompts of ``lengths``."""
+    import copy
+
+    import torch
+    import transformers
+
+    from nemo_reason.bridge.megatron_side import build_our_model
+    from nemo_reason.checkpoint.meta import read_meta
+    from nemo_reason.rollout.sampler import SamplingParams, generate
+
+    model = build_our_model(read_meta(ckpt).model, VOCAB, checkpoint=ckpt)
+    g = torch.Generator().manual_seed(seed)
+    prompts = [torch.randint(0, VOCAB, (n,), generator=g).tolist() for n in lengths]
+    ours = generate(model, _Ids(), prompts, SamplingParams(greedy=True, max_new_tokens=max_new_tokens))
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32).eval()
+    gen = copy.deepcopy(hf.generation_config)
+    gen.eos_token_id, gen.pad_token_id, gen.do_sample = None, 0, False
+    for s in ours:
+        p = torch.tensor([prompts[s.prompt_index]])
+        with torch.no_grad():
+            ref = hf.generate(p, attention_mask=torch.ones_like(p), generation_config=gen, max_new_tokens=max_new_tokens)
+        assert s.tokens == ref[0, p.shape[1]:].tolist(), f"prompt {s.prompt_index}"

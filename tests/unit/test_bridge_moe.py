@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.unit.hf_tiny import TINY, hf_folder, tiny_tokenizer
+from tests.unit.hf_tiny import TINY, assert_greedy_equals_transformers, hf_folder, tiny_tokenizer
 from tests.unit.megatron_env import megatron_single  # noqa: F401
 
 transformers = pytest.importorskip("transformers")
@@ -155,37 +155,13 @@ def test_the_gate_catches_a_wrong_routing_rule(converted):
         parity.check(report, "test")
 
 
-class _Ids:
-    """The tokenizer our sampler needs, without an end-of-document token (both sides run to length)."""
-
-    vocab_size, eod = 300, None
-
-    def detokenize(self, ids):
-        return " ".join(map(str, ids))
 
 
 @pytest.mark.parametrize("arch", ["mixtral", pytest.param("qwen2_moe", marks=pytest.mark.slow),
                                   pytest.param("qwen3_moe", marks=pytest.mark.slow)])
 def test_greedy_rollout_equals_transformers_generate(converted, arch):
-    import copy
-
-    from nemo_reason.bridge.megatron_side import build_our_model
-    from nemo_reason.checkpoint.meta import read_meta
-    from nemo_reason.rollout.sampler import SamplingParams, generate
-
     c = converted[arch]
-    model = build_our_model(read_meta(c["ckpt"]).model, 300, checkpoint=c["ckpt"])
-    g = torch.Generator().manual_seed(3)
-    prompts = [torch.randint(0, 300, (n,), generator=g).tolist() for n in (5, 9, 3)]
-    ours = generate(model, _Ids(), prompts, SamplingParams(greedy=True, max_new_tokens=8))
-    hf = transformers.AutoModelForCausalLM.from_pretrained(str(c["hf"]), dtype=torch.float32).eval()
-    gen = copy.deepcopy(hf.generation_config)
-    gen.eos_token_id, gen.pad_token_id, gen.do_sample = None, 0, False
-    for s in ours:
-        p = torch.tensor([prompts[s.prompt_index]])
-        with torch.no_grad():
-            ref = hf.generate(p, attention_mask=torch.ones_like(p), generation_config=gen, max_new_tokens=8)
-        assert s.tokens == ref[0, p.shape[1]:].tolist(), f"prompt {s.prompt_index}"
+    assert_greedy_equals_transformers(c["ckpt"], c["hf"], (5, 9, 3), max_new_tokens=8)
 
 
 def _edited(converted, arch, dst: Path, *, config=None, drop=(), add=()):

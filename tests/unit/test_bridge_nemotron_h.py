@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.unit.hf_tiny import TINY, hf_folder, tiny_tokenizer
+from tests.unit.hf_tiny import TINY, assert_greedy_equals_transformers, hf_folder, tiny_tokenizer
 from tests.unit.megatron_env import megatron_single  # noqa: F401
 
 transformers = pytest.importorskip("transformers")
@@ -133,35 +133,13 @@ def test_tiny_hybrid_goes_to_hf_and_back_bit_identical(converted):
     assert [k for k in before if not torch.equal(before[k], after[k])] == []
 
 
-class _Ids:
-    vocab_size, eod = 300, None
-
-    def detokenize(self, ids):
-        return " ".join(map(str, ids))
 
 
 def test_greedy_rollout_equals_transformers_generate(converted):
     """Our rollout (Mamba conv/SSM states + KV cache, right-padded batch) against transformers'
     generate, one prompt at a time (its Mamba cache path: the PyTorch fallback on CPU)."""
-    import copy
-
-    from nemo_reason.bridge.megatron_side import build_our_model
-    from nemo_reason.checkpoint.meta import read_meta
-    from nemo_reason.rollout.sampler import SamplingParams, generate
-
     c = converted
-    model = build_our_model(read_meta(c["ckpt"]).model, 300, checkpoint=c["ckpt"])
-    g = torch.Generator().manual_seed(3)
-    prompts = [torch.randint(0, 300, (n,), generator=g).tolist() for n in (6, 19, 2)]
-    ours = generate(model, _Ids(), prompts, SamplingParams(greedy=True, max_new_tokens=10))
-    hf = transformers.AutoModelForCausalLM.from_pretrained(str(c["hf"]), dtype=torch.float32).eval()
-    gen = copy.deepcopy(hf.generation_config)
-    gen.eos_token_id, gen.pad_token_id, gen.do_sample = None, 0, False
-    for s in ours:
-        p = torch.tensor([prompts[s.prompt_index]])
-        with torch.no_grad():
-            ref = hf.generate(p, attention_mask=torch.ones_like(p), generation_config=gen, max_new_tokens=10)
-        assert s.tokens == ref[0, p.shape[1]:].tolist(), f"prompt {s.prompt_index}"
+    assert_greedy_equals_transformers(c["ckpt"], c["hf"], (6, 19, 2), max_new_tokens=10)
 
 
 def test_older_configs_with_hybrid_override_pattern():
