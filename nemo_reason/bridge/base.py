@@ -156,19 +156,13 @@ class Bridge:
 class FieldChecks:
     """Mixin for a bridge that lists what it cannot export field by field: it implements
     :meth:`export_problems` (``model.field=value`` per setting this architecture cannot hold, built
-    with :meth:`want`); :meth:`matches` and :meth:`check_export` follow from it, and the error ends with
+    with :class:`Problems`); :meth:`matches` and :meth:`check_export` follow from it, and the error ends with
     :attr:`export_summary` (default: the first line of the class docstring)."""
 
     export_summary = ""
 
     def export_problems(self, m: ModelConfig) -> List[str]:
         raise NotImplementedError
-
-    @staticmethod
-    def want(bad: List[str], m: ModelConfig, name: str, ok: bool, value: Any = None) -> None:
-        """Append ``model.name=value`` to ``bad`` unless ``ok``."""
-        if not ok:
-            bad.append(f"model.{name}={getattr(m, name) if value is None else value!r}")
 
     def matches(self, m: ModelConfig) -> bool:
         return not self.export_problems(m)
@@ -178,3 +172,16 @@ class FieldChecks:
         if bad:
             summary = self.export_summary or (type(self).__doc__ or "").strip().splitlines()[0]
             raise BridgeError(f"this model cannot be exported as {self.model_type}: {', '.join(bad)} ({summary})")
+
+
+class Problems(list):
+    """The ``model.field=value`` strings of :meth:`FieldChecks.export_problems`, collected by :meth:`want`."""
+
+    def __init__(self, m: ModelConfig):
+        super().__init__()
+        self.m = m
+
+    def want(self, name: str, ok: bool, value: Any = None) -> None:
+        """Record ``model.name=value`` unless ``ok``."""
+        if not ok:
+            self.append(f"model.{name}={getattr(self.m, name) if value is None else value!r}")

@@ -42,7 +42,7 @@ from __future__ import annotations
 from typing import Any, Dict, List
 
 from nemo_reason.bridge import register_bridge
-from nemo_reason.bridge.base import Bridge, FieldChecks, HFConfig
+from nemo_reason.bridge.base import Bridge, FieldChecks, HFConfig, Problems
 from nemo_reason.bridge.llama import (OUR_LAYER, attention_templates, dense_hf_config, dense_model_config,
                                       mlp_templates, outer_mappings)
 from nemo_reason.bridge.mapping import Direct, GatedMLP, Mapping, for_layers
@@ -127,10 +127,8 @@ class _MoEBridge(FieldChecks, Bridge):
 
     def export_problems(self, m: ModelConfig) -> List[str]:
         """``model.field=value`` for every setting this architecture cannot hold."""
-        bad: List[str] = []
-
-        def want(name, ok, value=None):
-            self.want(bad, m, name, ok, value)
+        bad = Problems(m)
+        want = bad.want
 
         want("type", m.type == "moe")
         want("activation", m.activation == "swiglu")

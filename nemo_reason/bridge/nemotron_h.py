@@ -52,7 +52,7 @@ from __future__ import annotations
 from typing import Any, Dict, List
 
 from nemo_reason.bridge import BridgeError, register_bridge
-from nemo_reason.bridge.base import Bridge, FieldChecks, HFConfig
+from nemo_reason.bridge.base import Bridge, FieldChecks, HFConfig, Problems
 from nemo_reason.bridge.llama import head_dim
 from nemo_reason.bridge.mapping import QKV, Direct, Mapping
 from nemo_reason.config.layers import ATTENTION, MAMBA, MLP, MOE
@@ -236,10 +236,8 @@ class NemotronHBridge(FieldChecks, Bridge):
 
     def export_problems(self, m: ModelConfig) -> List[str]:
         """``model.field=value`` for every setting this architecture cannot hold."""
-        bad: List[str] = []
-
-        def want(name, ok, value=None):
-            self.want(bad, m, name, ok, value)
+        bad = Problems(m)
+        want = bad.want
 
         want("type", m.type == "hybrid")
         want("activation", m.activation == "squared_relu")

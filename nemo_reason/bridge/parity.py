@@ -21,6 +21,8 @@ built), so the gate never holds two models at once. :func:`compare` then reports
 
 from __future__ import annotations
 
+import contextlib
+
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
@@ -47,30 +49,33 @@ def _points(embedding, layers, final_norm) -> List[Tuple[str, torch.nn.Module]]:
     return points + ([("final norm", final_norm)] if final_norm is not None else [])
 
 
-def _hooks(points: List[Tuple[str, torch.nn.Module]], trace: Dict[str, torch.Tensor], seq_first: bool):
+@contextlib.contextmanager
+def _traced(embedding, layers, final_norm, seq_first: bool):
+    """Forward hooks on the embedding, each layer and the final norm, recording their outputs
+    (batch-first, fp32, on the CPU) into the yielded dict; removed on exit."""
+    trace: "OrderedDict[str, torch.Tensor]" = OrderedDict()
     handles = []
-    for name, module in points:
+    for name, module in _points(embedding, layers, final_norm):
         def hook(_m, _inp, out, name=name):
             t = _first(out).detach().float()
             trace[name] = (t.transpose(0, 1) if seq_first else t).cpu().clone()
         handles.append(module.register_forward_hook(hook))
-    return handles
+    try:
+        yield trace
+    finally:
+        for h in handles:
+            h.remove()
 
 
 @torch.no_grad()
 def trace_ours(model, bridge, tokens: torch.Tensor) -> Tuple["OrderedDict[str, torch.Tensor]", torch.Tensor]:
     """Activations and logits of our one-process model (Megatron layers are sequence-first)."""
     model.eval()
-    trace: "OrderedDict[str, torch.Tensor]" = OrderedDict()
-    points = _points(bridge.our_embedding(model), bridge.our_layers(model), bridge.our_final_norm(model))
-    handles = _hooks(points, trace, seq_first=True)
     tokens = tokens.to(next(model.parameters()).device)
-    try:
-        pos = torch.arange(tokens.shape[1], device=tokens.device).unsqueeze(0).expand_as(tokens)
+    pos = torch.arange(tokens.shape[1], device=tokens.device).unsqueeze(0).expand_as(tokens)
+    with _traced(bridge.our_embedding(model), bridge.our_layers(model), bridge.our_final_norm(model),
+                 seq_first=True) as trace:
         logits = model(tokens, pos, None, runtime_gather_output=True)
-    finally:
-        for h in handles:
-            h.remove()
     return trace, logits.detach().float().cpu()
 
 
@@ -78,14 +83,9 @@ def trace_ours(model, bridge, tokens: torch.Tensor) -> Tuple["OrderedDict[str, t
 def trace_hf(hf_model, bridge, tokens: torch.Tensor) -> Tuple["OrderedDict[str, torch.Tensor]", torch.Tensor]:
     """Activations and logits of the transformers model (batch-first)."""
     hf_model.eval()
-    trace: "OrderedDict[str, torch.Tensor]" = OrderedDict()
-    points = _points(bridge.hf_embedding(hf_model), bridge.hf_layers(hf_model), bridge.hf_final_norm(hf_model))
-    handles = _hooks(points, trace, seq_first=False)
-    try:
+    with _traced(bridge.hf_embedding(hf_model), bridge.hf_layers(hf_model), bridge.hf_final_norm(hf_model),
+                 seq_first=False) as trace:
         logits = hf_model(input_ids=tokens, use_cache=False).logits
-    finally:
-        for h in handles:
-            h.remove()
     return trace, logits.detach().float()
 
 
