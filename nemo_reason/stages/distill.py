@@ -129,6 +129,7 @@ def check_vocabularies(student_vocab: int, teacher_ckpt: Path, teacher_cfg, stud
 @register_step("distill", "knowledge distillation from a frozen teacher checkpoint (logit KL, hidden cosine, LM)",
                config=DistillConfig)
 def run(cfg, ctx: StepContext) -> StepResult:
+    from nemo_reason.backend.allocator import keep_freed_memory
     from nemo_reason.compress.distill import distill_forward_step
     from nemo_reason.data.loader import build_data
     from nemo_reason.stages.pipeline import step_names
@@ -137,13 +138,11 @@ def run(cfg, ctx: StepContext) -> StepResult:
     from nemo_reason.training.loop import run_loop
     from nemo_reason.training.state import architecture_from
 
-    from nemo_reason.backend.allocator import keep_freed_memory
-
     keep_freed_memory()  # on CPU: no page faults for each micro-batch's logits (backend/allocator.py)
     step: DistillConfig = ctx.step
     student_ckpt = ctx.require_input()
     teacher_ckpt = resolve_teacher(step.teacher, ctx.run_dir, step_names(cfg))
-    data = build_data(cfg, ctx.dims.dp)
+    data = build_data(cfg, ctx.dims.dp, tokenizer=ctx.tokenizer(cfg))  # the student checkpoint's
     vocab = data.tokenizer.vocab_size
     check_vocabularies(vocab, teacher_ckpt, architecture_from(cfg, teacher_ckpt)[0],
                        architecture_from(cfg, student_ckpt)[0], ctx.dims.tp, cfg.data.cache_dir)
