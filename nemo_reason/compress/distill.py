@@ -16,13 +16,15 @@ student only. The losses:
   elementwise passes over the logits through autograd (temperature copies, two log-softmaxes,
   ``kl_div``, their backward), which made a distill step 1.6-2.2x a student step plus a teacher
   forward at ``tiny`` sizes (docs/benchmarks.md, distillation). Ours is one ``torch.autograd.Function``:
-  forward one log-softmax of each side and one product ``sum p_t (log p_t - log p_s)``, in place
+  forward one fused softmax of each side and one product, ``KL = sum p_t (t - s) / T - lse(t / T) +
+  lse(s / T)`` with each ``lse`` read off its softmax's largest entry (:func:`_kl_forward`), in place
   where it can (the teacher's logits are consumed), backward the exact gradient ``(p_s - p_t) / T``
   per token written over the teacher's softmax (under TP, ``p_s`` is weighted by the all-reduced
-  ``sum_v g p_t`` so it is exact for any upstream gradient): 61-67 ms -> 24-30 ms forward + backward
-  on ``[128, 8, 4096]`` fp32 logits on one CPU thread. It runs in blocks of rows that stay in cache
+  ``sum_v g p_t`` so it is exact for any upstream gradient): 61-67 ms with modelopt's, 24-30 ms with
+  two log-softmaxes, 13-17 ms now, forward + backward on ``[128, 8, 4096]`` fp32 logits on one CPU
+  thread. It runs in blocks of rows that stay in cache
   (:data:`BLOCK_ELEMS`) and allocates no ``[s, b, V]`` tensor per micro-batch (the student's
-  log-softmax lives in the loss's :class:`Workspace`): on CPU fresh tensors of that size cost page
+  softmax lives in the loss's :class:`Workspace`): on CPU fresh tensors of that size cost page
   faults, which were most of what a distill step cost above a student step plus a teacher forward
   (with :func:`nemo_reason.backend.allocator.keep_freed_memory`, which the step sets, for Megatron's
   own logits; docs/compression.md, distill step, Speed). It is registered as the logits loss in
@@ -104,7 +106,7 @@ def _blocks(rows: int, vocab: int) -> List[slice]:
 
 
 class Workspace:
-    """One reusable fp32 ``[N, V]`` buffer for the student's log-softmax, from a KL forward to its
+    """One reusable fp32 ``[N, V]`` buffer for the student's softmax, from a KL forward to its
     backward. A fresh tensor of that size costs page faults on CPU (glibc hands the freed memory
     back to the system between micro-batches, and each new one faults in again: 27 ms of system time
     per ``tiny`` distill step); this one is allocated once per shape. Taken by a forward that will
@@ -127,33 +129,45 @@ class Workspace:
             self._busy = False
 
 
-def _kl_forward(s: torch.Tensor, t: torch.Tensor, temperature: float, group, tp: int, log_ps) -> tuple:
+def _softmax_into(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``softmax(x, -1)`` written into ``out`` (which may be ``x``): ATen's fused kernel, one exp per entry."""
+    return torch.ops.aten._softmax.out(x, -1, False, out=out)
+
+
+def _kl_forward(s: torch.Tensor, t: torch.Tensor, temperature: float, group, tp: int, ps) -> tuple:
     """``s``, ``t`` ``[N, V / TP]`` -> ``(kl [N], pt [N, V/TP], pt_mass [N] or None)`` in fp32,
-    block by block: ``log_ps = log_softmax(s / T)`` into ``log_ps`` (``[N, V / TP]`` fp32, or
-    ``None``: not kept), ``pt = softmax(t / T)`` (written over ``t`` when it is fp32: the teacher's
-    logits, used once), ``kl = sum pt (log pt - log ps)`` over this rank's slice. Under TP the maxima
-    and softmax denominators are all-reduced over ``group`` between two block loops, and ``pt_mass``
-    is this rank's ``sum pt``."""
+    block by block: ``ps = softmax(s / T)`` into ``ps`` (``[N, V / TP]`` fp32, or ``None``: not
+    kept), ``pt = softmax(t / T)`` (written over ``t`` when it is fp32: the teacher's logits, used
+    once), ``kl = sum pt (log pt - log ps)`` over this rank's slice.
+
+    At TP=1 with ``x = s / T``, ``y = t / T`` and ``sum pt = 1``, ``kl = sum pt (y - x) - lse(y) +
+    lse(x)``, and ``lse(x) = max(x) - log(max(ps))`` (the largest entry of the softmax is
+    ``exp(max(x) - lse(x))``): two fused softmaxes and one product, two exponentials per entry and no
+    log-softmax, where the log-softmax form takes four (both log-softmaxes, ``pt`` from ``log pt``,
+    ``ps`` again in the backward). Under TP the maxima and softmax denominators are all-reduced over
+    ``group`` between two block loops, and ``pt_mass`` is this rank's ``sum pt``."""
     rows, vocab = s.shape
     blocks = _blocks(rows, vocab)
     pt = t if t.dtype == torch.float32 else torch.empty(rows, vocab, dtype=torch.float32)
     kl = torch.empty(rows, dtype=torch.float32)
     if tp == 1:
         for b in blocks:
-            x = s[b].float()
-            x = x if temperature == 1.0 else x / temperature
-            ls = torch.log_softmax(x, -1) if log_ps is None else torch.log_softmax(x, -1, out=log_ps[b])
-            y = t[b].float()
-            log_pt = torch.log_softmax(y if temperature == 1.0 else y / temperature, -1)
-            p = torch.exp(log_pt, out=pt[b])
+            x, y = s[b].float(), t[b].float()
+            if temperature != 1.0:
+                x, y = x / temperature, torch.div(y, temperature, out=pt[b])
+            d = torch.sub(y, x)
+            p_s = _softmax_into(x, ps[b] if ps is not None else torch.empty_like(x))
+            lse_x = x.amax(dim=-1).sub_(p_s.amax(dim=-1).log_())
+            lse_y = y.amax(dim=-1)
+            p_t = _softmax_into(y, pt[b])
+            lse_y.sub_(p_t.amax(dim=-1).log_())
             # in place, then a sum (an einsum is a slow batched matmul on CPU)
-            kl[b] = log_pt.sub_(ls).mul_(p).sum(dim=-1)
+            kl[b] = d.mul_(p_t).sum(dim=-1).sub_(lse_y).add_(lse_x)
         return kl, pt, None
     # Under TP: the maxima over all ranks first, then the local exp-sums, all-reduced, then the rest.
     m = torch.cat([s.amax(dim=-1, keepdim=True).float(), t.amax(dim=-1, keepdim=True).float()], dim=-1)
     dist.all_reduce(m, op=dist.ReduceOp.MAX, group=group)  # max(x / T) = max(x) / T for T > 0
-    if log_ps is None:
-        log_ps = torch.empty(rows, vocab, dtype=torch.float32)
+    log_ps = ps if ps is not None else torch.empty(rows, vocab, dtype=torch.float32)
     denom = torch.empty(rows, 2, dtype=torch.float32)
     for b in blocks:
         zs = torch.sub(s[b].float(), m[b, :1], out=log_ps[b])
@@ -173,6 +187,7 @@ def _kl_forward(s: torch.Tensor, t: torch.Tensor, temperature: float, group, tp:
         kl[b] = zt.sub_(log_denom[b, 1:]).sub_(ls).mul_(p).sum(dim=-1)
         pt_mass[b] = p.sum(dim=-1)
         zt.copy_(p)
+        ls.exp_()  # log ps -> ps, kept for the backward
     return kl, pt, pt_mass
 
 
@@ -181,7 +196,7 @@ class _LogitsKL(torch.autograd.Function):
     ``sum_v p_t (log p_t - log p_s)``; backward the student's gradient of the sum over all ranks,
     written over the teacher's softmax. The teacher's logits are consumed (overwritten when fp32):
     modelopt's hook hands them over once. Block by block (:data:`BLOCK_ELEMS`); the student's
-    log-softmax lives in ``workspace`` (a :class:`Workspace`, or ``None``: a new tensor) until the
+    softmax lives in ``workspace`` (a :class:`Workspace`, or ``None``: a new tensor) until the
     backward."""
 
     @staticmethod
@@ -189,34 +204,33 @@ class _LogitsKL(torch.autograd.Function):
         vocab = student.shape[-1]
         s = student.detach().reshape(-1, vocab)
         keep = ctx.needs_input_grad[0]
-        log_ps = None
+        ps = None
         if keep:
-            log_ps = workspace.take(*s.shape) if workspace is not None else torch.empty(s.shape, dtype=torch.float32)
-        kl, pt, pt_mass = _kl_forward(s, teacher.reshape(-1, vocab), temperature, group, tp, log_ps)
+            ps = workspace.take(*s.shape) if workspace is not None else torch.empty(s.shape, dtype=torch.float32)
+        kl, pt, pt_mass = _kl_forward(s, teacher.reshape(-1, vocab), temperature, group, tp, ps)
         ctx.temperature, ctx.group, ctx.tp, ctx.dtype, ctx.shape = temperature, group, tp, student.dtype, student.shape
         # Under TP each rank holds part of p_t's mass: the backward weighs p_s by sum_v g p_t over all ranks.
         ctx.pt_mass, ctx.workspace = pt_mass, workspace
         if keep:
-            ctx.save_for_backward(log_ps, pt)
+            ctx.save_for_backward(ps, pt)
         return kl.reshape(student.shape[:-1])
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        log_ps, pt = ctx.saved_tensors  # both overwritten: once differentiable
+        ps, pt = ctx.saved_tensors  # pt overwritten: once differentiable
         g = (grad.float() / ctx.temperature).reshape(-1, 1)
         if ctx.tp > 1:
             c = g.squeeze(-1) * ctx.pt_mass
             dist.all_reduce(c, group=ctx.group)
             c = c.unsqueeze(-1)
-        for b in _blocks(*log_ps.shape):
-            ps = log_ps[b].exp_()
+        for b in _blocks(*ps.shape):
             if ctx.tp > 1:  # p_s * c - p_t * g
-                torch.sub(ps.mul_(c[b]), pt[b].mul_(g[b]), out=pt[b])
+                torch.sub(ps[b].mul_(c[b]), pt[b].mul_(g[b]), out=pt[b])
             else:  # (p_s - p_t) * g
-                torch.sub(ps, pt[b], out=pt[b]).mul_(g[b])
+                torch.sub(ps[b], pt[b], out=pt[b]).mul_(g[b])
         if ctx.workspace is not None:
-            ctx.workspace.give_back(log_ps)
+            ctx.workspace.give_back(ps)
         return pt.reshape(ctx.shape).to(ctx.dtype), None, None, None, None, None
 
 
