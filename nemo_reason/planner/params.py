@@ -13,7 +13,7 @@ TE only fuses a layer's norm into its first linear):
     embeddings      V x h (input), V x h (output, when untied), final norm
 
 with d_in = H x P (Mamba heads x head size), G groups, N state size and V the padded vocabulary.
-Biases are added when ``add_bias_linear``. *Active* parameters are those one token passes
+Biases are added when ``add_bias_linear`` (the q/k/v ones also when ``add_qkv_bias``). *Active* parameters are those one token passes
 through: a MoE layer counts its top-k routed experts instead of all E (router, shared experts and
 everything else count in full). Pure Python over a :class:`ModelConfig`: the planner (layouts,
 memory) builds on it without importing Megatron.
@@ -36,7 +36,8 @@ def attention_layer_params(m) -> int:
     h, n = m.hidden_size, m.num_attention_heads
     g = m.num_query_groups or n
     d = m.kv_channels or h // n
-    bias = (n + 2 * g) * d + h if m.add_bias_linear else 0
+    qkv_bias = (n + 2 * g) * d if (m.add_bias_linear or m.add_qkv_bias) else 0
+    bias = qkv_bias + (h if m.add_bias_linear else 0)
     return _norm(m) + h * (n + 2 * g) * d + n * d * h + bias
 
 

@@ -76,7 +76,7 @@ def test_moe_counts_match_a_hand_count():
     """Qwen2-57B-A14B layer by layer: attention, router, 64 experts (8 active), shared experts + gate."""
     m = _cfg("qwen2_57b_a14b").model
     h, n, g, d, V, E, k, fe, fs, L = 3584, 28, 4, 128, 151936, 64, 8, 2560, 20480, 28
-    attention = h + h * (n + 2 * g) * d + n * d * h
+    attention = h + h * (n + 2 * g) * d + n * d * h + (n + 2 * g) * d  # Qwen2's q/k/v biases
     moe_common = h + E * h + 3 * h * fs + h  # norm, router, shared experts, shared gate
     expert = 3 * h * fe
     emb = 2 * V * h + h
