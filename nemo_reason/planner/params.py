@@ -15,8 +15,8 @@ TE only fuses a layer's norm into its first linear):
 with d_in = H x P (Mamba heads x head size), G groups, N state size and V the padded vocabulary.
 Biases are added when ``add_bias_linear`` (the q/k/v ones also when ``add_qkv_bias``). *Active*
 parameters are those one token passes through: a MoE layer counts its top-k routed experts
-instead of all E (router, shared experts and everything else count in full). Pure Python over a :class:`ModelConfig`: the planner (layouts,
-memory) builds on it without importing Megatron.
+instead of all E (router, shared experts and everything else count in full). Pure Python over a
+:class:`ModelConfig`: the planner (layouts, memory) builds on it without importing Megatron.
 """
 
 from __future__ import annotations
