@@ -144,13 +144,26 @@ def _mark_stages(ax, steps: List[StepInfo], offsets: Dict[str, int]) -> None:
                     textcoords="offset points", fontsize=8, color="dimgray")
 
 
+def _timeline_axes():
+    """The figure and axes of a plot over the steps of the pipeline (learning rate, reward, length)."""
+    fig = _figure(8, 3.2)
+    return fig, fig.add_subplot()
+
+
+def _timeline_plot(fig, ax, name: str, title: str) -> Plot:
+    """Grid, legend to the right and title of a :func:`_timeline_axes` plot, as a :class:`Plot`."""
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.set_title(title)
+    return Plot(name, title, _png(fig))
+
+
 def plot_lr(run: RunInfo) -> Optional[Plot]:
     steps = [s for s in run.steps if series(s, "lr")]
     if not steps:
         return None
     title = "Learning rate"
-    fig = _figure(8, 3.2)
-    ax = fig.add_subplot()
+    fig, ax = _timeline_axes()
     off = _offsets(steps)
     for s in steps:
         xs, ys = zip(*series(s, "lr"))
@@ -159,10 +172,7 @@ def plot_lr(run: RunInfo) -> Optional[Plot]:
     ax.set_xlabel("optimizer step across the pipeline's training steps")
     ax.set_ylabel("learning rate")
     ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    ax.set_title(title)
-    return Plot("lr", title, _png(fig))
+    return _timeline_plot(fig, ax, "lr", title)
 
 
 def _grpo_steps(run: RunInfo) -> List[StepInfo]:
@@ -174,8 +184,7 @@ def plot_reward(run: RunInfo) -> Optional[Plot]:
     if not steps:
         return None
     title = "Reward per domain (GRPO)"
-    fig = _figure(8, 3.2)
-    ax = fig.add_subplot()
+    fig, ax = _timeline_axes()
     off = _offsets(steps)
     colors: Dict[str, object] = {}
     palette = _colors()
@@ -194,10 +203,7 @@ def plot_reward(run: RunInfo) -> Optional[Plot]:
     ax.set_xlabel("GRPO step across the pipeline's GRPO steps")
     ax.set_ylabel("mean reward of the rollouts")
     ax.set_ylim(-0.05, 1.05)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    ax.set_title(title)
-    return Plot("reward", title, _png(fig))
+    return _timeline_plot(fig, ax, "reward", title)
 
 
 def accuracy_table(run: RunInfo) -> Dict[str, Dict[str, float]]:
@@ -262,8 +268,7 @@ def plot_response_length(run: RunInfo) -> Optional[Plot]:
     if not steps:
         return None
     title = "Response length (GRPO)"
-    fig = _figure(8, 3.2)
-    ax = fig.add_subplot()
+    fig, ax = _timeline_axes()
     off = _offsets(steps)
     for n, s in enumerate(steps):
         mean, longest = series(s, "response_length"), series(s, "response_length_max")
@@ -281,10 +286,7 @@ def plot_response_length(run: RunInfo) -> Optional[Plot]:
     ax.set_xlabel("GRPO step across the pipeline's GRPO steps")
     ax.set_ylabel("tokens per response")
     ax.set_ylim(0, ax.get_ylim()[1] * 1.12)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    ax.set_title(title)
-    return Plot("response_length", title, _png(fig))
+    return _timeline_plot(fig, ax, "response_length", title)
 
 
 def plot_compression(run: RunInfo) -> Optional[Plot]:
