@@ -9,11 +9,11 @@ the first layer that diverges, and leaves no output.
 """
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
+from tests.unit.bridge_tensors import hf_tensors
 from tests.unit.hf_tiny import TINY, hf_folder, tiny_tokenizer
 from tests.unit.megatron_env import megatron_single  # noqa: F401
 
@@ -29,15 +29,6 @@ CONFIGS = {
     # Nemotron-4: squared ReLU, LayerNorm1P, partial RoPE.
     "nemotron": lambda: transformers.NemotronConfig(**TINY, partial_rotary_factor=0.5),
 }
-
-
-def _tensors(folder: Path) -> dict:
-    from safetensors.torch import load_file
-
-    out = {}
-    for f in sorted(Path(folder).glob("*.safetensors")):
-        out.update(load_file(str(f)))
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +58,7 @@ def test_gate_passes_both_ways_with_the_stated_bound(converted):
 
 
 def test_hf_to_ours_to_hf_is_bit_identical(converted):
-    a, b = _tensors(converted["hf"]), _tensors(converted["out"])
+    a, b = hf_tensors(converted["hf"]), hf_tensors(converted["out"])
     assert sorted(a) == sorted(b)
     for name in a:
         assert a[name].dtype == b[name].dtype and torch.equal(a[name], b[name]), name
@@ -183,6 +174,6 @@ def test_bf16_export_rounds_once_and_passes_the_same_bound(converted, tmp_path):
     summary = export_hf(converted["ckpt"], tmp_path / "bf16", dtype="bf16", log=None)
     p = summary["parity"]
     assert summary["dtype"] == "bfloat16" and p["passed"] and p["max_abs_diff"] <= 1e-4 * p["scale"]
-    a, b = _tensors(converted["hf"]), _tensors(tmp_path / "bf16")
+    a, b = hf_tensors(converted["hf"]), hf_tensors(tmp_path / "bf16")
     assert all(b[k].dtype == torch.bfloat16 and torch.equal(b[k], a[k].to(torch.bfloat16)) for k in a)
     assert json.loads((tmp_path / "bf16" / "config.json").read_text())["dtype"] == "bfloat16"

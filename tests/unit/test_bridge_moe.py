@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.unit.bridge_tensors import hf_tensors, our_tensors
 from tests.unit.hf_tiny import TINY, assert_greedy_equals_transformers, hf_folder, tiny_tokenizer
 from tests.unit.megatron_env import megatron_single  # noqa: F401
 
@@ -57,25 +58,6 @@ def converted(tmp_path_factory, megatron_single):  # noqa: F811
     return out
 
 
-def _tensors(folder: Path) -> dict:
-    from safetensors import safe_open
-
-    out = {}
-    for shard in sorted(folder.glob("*.safetensors")):
-        with safe_open(str(shard), "pt") as f:
-            out.update({k: f.get_tensor(k) for k in f.keys()})
-    return out
-
-
-def _our_tensors(ckpt: Path) -> dict:
-    from nemo_reason.bridge.megatron_side import build_our_model, canonical_tensors
-    from nemo_reason.checkpoint.meta import read_meta
-
-    meta = read_meta(ckpt)
-    model = build_our_model(meta.model, 300, checkpoint=ckpt)
-    return {k: v.detach().clone() for k, v in canonical_tensors(model).items()}
-
-
 def _passed(report):
     assert report["passed"] and report["first_divergence"] is None
     assert report["max_abs_diff"] <= 1e-4 * report["scale"]
@@ -99,7 +81,7 @@ def test_import_passes_the_parity_gate(converted, arch):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_hf_ours_hf_is_bit_identical(converted, arch):
-    a, b = _tensors(converted[arch]["hf"]), _tensors(converted[arch]["out"])
+    a, b = hf_tensors(converted[arch]["hf"]), hf_tensors(converted[arch]["out"])
     assert sorted(a) == sorted(b)
     assert [k for k in a if a[k].dtype != b[k].dtype or not torch.equal(a[k], b[k])] == []
     doc = json.loads((converted[arch]["out"] / "config.json").read_text())
@@ -125,11 +107,11 @@ def test_ours_hf_ours_is_bit_identical(converted):
     torch.manual_seed(7)
     model = build_our_model(m, 300)
     saved = save_checkpoint(root / "own", model, m, _hf_tokenizer_record(c["hf"]))
-    before = _our_tensors(saved)
+    before = our_tensors(saved)
     # No gates here (the import test above runs them): the check is the tensors themselves.
     export_hf(saved, root / "own_hf", verify=False, log=None)
     import_hf(root / "own_hf", root / "own_back", verify=False, log=None)
-    after = _our_tensors(root / "own_back")
+    after = our_tensors(root / "own_back")
     assert sorted(before) == sorted(after)
     assert [k for k in before if not torch.equal(before[k], after[k])] == []
 
@@ -153,8 +135,6 @@ def test_the_gate_catches_a_wrong_routing_rule(converted):
     assert report.first_divergence.startswith("layer 0")
     with pytest.raises(ParityError, match="first divergence: layer 0"):
         parity.check(report, "test")
-
-
 
 
 @pytest.mark.parametrize("arch", ["mixtral", pytest.param("qwen2_moe", marks=pytest.mark.slow),

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.unit.bridge_tensors import hf_tensors, our_tensors
 from tests.unit.hf_tiny import TINY, assert_greedy_equals_transformers, hf_folder, tiny_tokenizer
 from tests.unit.megatron_env import megatron_single  # noqa: F401
 
@@ -65,24 +66,6 @@ def converted(tmp_path_factory, megatron_single):  # noqa: F811
     return dict(root=root, tok=tok, hf=hf, ckpt=root / "ckpt", out=root / "out", imp=imp)
 
 
-def _tensors(folder: Path) -> dict:
-    from safetensors import safe_open
-
-    out = {}
-    for shard in sorted(folder.glob("*.safetensors")):
-        with safe_open(str(shard), "pt") as f:
-            out.update({k: f.get_tensor(k) for k in f.keys()})
-    return out
-
-
-def _our_tensors(ckpt: Path, vocab: int = 300) -> dict:
-    from nemo_reason.bridge.megatron_side import build_our_model, canonical_tensors
-    from nemo_reason.checkpoint.meta import read_meta
-
-    model = build_our_model(read_meta(ckpt).model, vocab, checkpoint=ckpt)
-    return {k: v.detach().clone() for k, v in canonical_tensors(model).items()}
-
-
 def _passed(report):
     assert report["passed"] and report["first_divergence"] is None
     assert report["max_abs_diff"] <= 1e-4 * report["scale"]
@@ -102,7 +85,7 @@ def test_import_passes_the_parity_gate(converted):
 
 
 def test_hf_ours_hf_is_bit_identical(converted):
-    a, b = _tensors(converted["hf"]), _tensors(converted["out"])
+    a, b = hf_tensors(converted["hf"]), hf_tensors(converted["out"])
     assert sorted(a) == sorted(b) and any(k.endswith("mixer.conv1d.bias") for k in a)
     assert [k for k in a if a[k].dtype != b[k].dtype or not torch.equal(a[k], b[k])] == []
     doc = json.loads((converted["out"] / "config.json").read_text())
@@ -124,15 +107,13 @@ def test_tiny_hybrid_goes_to_hf_and_back_bit_identical(converted):
     torch.manual_seed(11)
     model = build_our_model(m, 300)
     saved = save_checkpoint(root / "own", model, m, _hf_tokenizer_record(converted["tok"]))
-    before = _our_tensors(saved)
+    before = our_tensors(saved)
     export_hf(saved, root / "own_hf", verify=False, log=None)
     assert json.loads((root / "own_hf" / "config.json").read_text())["hybrid_override_pattern"] == "M-M*-M-"
     import_hf(root / "own_hf", root / "own_back", verify=False, log=None)
-    after = _our_tensors(root / "own_back")
+    after = our_tensors(root / "own_back")
     assert sorted(before) == sorted(after)
     assert [k for k in before if not torch.equal(before[k], after[k])] == []
-
-
 
 
 def test_greedy_rollout_equals_transformers_generate(converted):
@@ -236,7 +217,7 @@ def test_moe_layers_import_and_export(converted):
     assert (m.moe_router_score_function, m.moe_router_enable_expert_bias, m.moe_router_topk_scaling_factor) == \
         ("sigmoid", True, 2.5)
     _passed(export_hf(root / "moe_ckpt", root / "moe_out", log=None)["parity"])
-    a, b = _tensors(hf), _tensors(root / "moe_out")
+    a, b = hf_tensors(hf), hf_tensors(root / "moe_out")
     assert sorted(a) == sorted(b) and [k for k in a if not torch.equal(a[k], b[k])] == []
 
 
