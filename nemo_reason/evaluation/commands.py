@@ -75,19 +75,24 @@ def checkpoint_model(path: str, seed: int = 1234):
         bdist.destroy_process_group()
 
 
-def _run_data_of(ckpt: Path) -> dict:
-    """The ``data:`` section of the run that wrote ``ckpt`` (its config.yaml), or {}."""
-    path = ckpt / "config.yaml"
-    if not path.is_file():
-        return {}
-    from omegaconf import OmegaConf
+def _run_sources_of(ckpt: Path) -> list:
+    """The bundled sources the run that wrote ``ckpt`` trained on (its config.yaml: the ``data:``
+    section and the pipeline's steps), the defaults when it has none."""
+    from nemo_reason.evaluation.tasks import training_sources
 
-    try:
-        doc = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
-    except Exception:  # noqa: BLE001 - a damaged config only loses the extra sources
-        return {}
-    data = doc.get("data") if isinstance(doc, dict) else None
-    return data if isinstance(data, dict) else {}
+    path = ckpt / "config.yaml"
+    doc = {}
+    if path.is_file():
+        from omegaconf import OmegaConf
+
+        try:
+            doc = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+        except Exception:  # noqa: BLE001 - a damaged config only loses the extra sources
+            doc = {}
+    doc = doc if isinstance(doc, dict) else {}
+    data, pipeline = doc.get("data"), doc.get("pipeline")
+    return training_sources(data if isinstance(data, dict) else {},
+                            [s for s in pipeline if isinstance(s, dict)] if isinstance(pipeline, list) else None)
 
 
 def _unescape(text: str) -> str:
@@ -138,12 +143,12 @@ def _build_tasks(step, sources, max_difficulty: int):
 def cmd_eval(ns) -> int:
     from nemo_reason.checkpoint.commands import resolve_checkpoint
     from nemo_reason.evaluation.run import evaluate, format_table
-    from nemo_reason.evaluation.tasks import describe_task, training_sources
+    from nemo_reason.evaluation.tasks import describe_task
     from nemo_reason.stages.eval import build_tasks, sampling_params
 
     step = _eval_config(ns)
     ckpt = resolve_checkpoint(ns.checkpoint)
-    tasks = _build_tasks(step, training_sources(_run_data_of(ckpt)), ns.max_difficulty)  # before the model
+    tasks = _build_tasks(step, _run_sources_of(ckpt), ns.max_difficulty)  # before the model
     for t in tasks:
         _say(f"[eval] {describe_task(t, step.n)}")
     with checkpoint_model(str(ckpt), step.seed) as (model, tok, ckpt):

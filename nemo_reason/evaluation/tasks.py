@@ -117,14 +117,20 @@ def _get(obj, name, default=None):
     return obj.get(name, default) if isinstance(obj, dict) else getattr(obj, name, default)
 
 
-def training_sources(data_cfg) -> List[str]:
+def training_sources(data_cfg, pipeline=None) -> List[str]:
     """The bundled sources a run's data config (a DataConfig or its plain mapping) trains on:
-    ``source``, ``blend``, every phase's ``blend``; the defaults first."""
+    ``source``, ``blend``, every phase's ``blend``; the defaults first. With ``pipeline`` (the run's
+    step list, configs or mappings) also what its steps draw from: an sft step's ``sources``, a grpo
+    step's larger prompt pool (``pool_records``: ``bundled:<domain>:<records>`` per domain)."""
     found = list(DEFAULT_TRAINING_SOURCES)
     paths = [_get(data_cfg, "source", "")]
     paths += [_get(e, "path", "") for e in (_get(data_cfg, "blend") or [])]
     for phase in _get(data_cfg, "phases") or []:
         paths += [_get(e, "path", "") for e in (_get(phase, "blend") or [])]
+    for step in pipeline or []:
+        paths += list(_get(step, "sources") or [])
+        records = _get(step, "pool_records", 0) or 0
+        paths += [f"bundled:{d}:{records}" for d in (_get(step, "domains") or []) if records]
     for p in paths:
         if isinstance(p, str) and p.startswith("bundled:") and p not in found:
             found.append(p)

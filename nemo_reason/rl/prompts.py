@@ -44,6 +44,9 @@ class PromptFields:
 
     # Bundled corpora to draw training prompts from (math, mcq, code); an entry may repeat with another template.
     domains: List[str] = field(default_factory=lambda: ["math"])
+    # Records of each bundled corpus the prompt pool is drawn from, before the filters (0: the corpus's default
+    # size, e.g. 5,000 math records, the `bundled:<domain>` training source); the held-out splits avoid them too.
+    pool_records: int = 0
     # Blend weight per entry of domains (empty: equal); each prompt's entry is drawn by weight, seeded.
     domain_weights: List[float] = field(default_factory=list)
     # Template per entry of domains (empty: native for all): native (the domain's own), mcq (options kept, a letter
@@ -93,7 +96,7 @@ class PromptFields:
                 raise ConfigError(f"{where}: domain {domain!r} with template {template!r} is listed twice (for mcq, "
                                   "native and mcq are the same form); merge them (add their weights)")
             seen.add(form)
-        for name in ("max_answer_words", "difficulty_samples", "difficulty_pool", "max_difficulty"):
+        for name in ("max_answer_words", "difficulty_samples", "difficulty_pool", "max_difficulty", "pool_records"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{where}: {name} must be >= 0 (0 turns it off / means all)")
         if self.difficulty_batch < 1:
@@ -226,8 +229,10 @@ class PromptSource:
         return "prompts: " + "; ".join(parts)
 
 
-def _entry_pool(domain: str, template: str, verifier: str, max_answer_words: int, max_difficulty: int = 0):
-    """``(prompts, records, dropped {reason: n})`` of one entry, before the difficulty filter."""
+def _entry_pool(domain: str, template: str, verifier: str, max_answer_words: int, max_difficulty: int = 0,
+                records: int = 0):
+    """``(prompts, records, dropped {reason: n})`` of one entry, before the difficulty filter: the first
+    ``records`` records of the bundled corpus (0: its default size; a prefix of any larger pool)."""
     from nemo_reason.data.corpora import DEFAULT_SEED, DEFAULT_SIZE, generate
     from nemo_reason.evaluation.tasks import DEFAULT_TRAINING_SOURCES, DOMAINS
     from nemo_reason.rl import crossthink
@@ -237,8 +242,10 @@ def _entry_pool(domain: str, template: str, verifier: str, max_answer_words: int
         raise ConfigError(f"domain {domain!r}: {source} is not one of the training sources the held-out "
                           f"evaluation splits exclude ({', '.join(DEFAULT_TRAINING_SOURCES)})")
     stop = tuple(DOMAINS[domain].stop)
+    if records:  # the keys of the default pool stay `bundled:<domain>#i` (difficulty caches, resumed prompt state)
+        source = f"{source}:{records}"
     prompts, dropped, n = [], {}, 0
-    for i, rec in enumerate(generate(domain, DEFAULT_SIZE.get(domain, 2000), DEFAULT_SEED)):
+    for i, rec in enumerate(generate(domain, records or DEFAULT_SIZE.get(domain, 2000), DEFAULT_SEED)):
         n += 1
         why = crossthink.drop_reason(domain, template, rec, max_answer_words)
         if why is None and max_difficulty and not _easy_enough(rec, max_difficulty):
@@ -272,7 +279,8 @@ def build_prompt_source(step_cfg, cfg, ctx, tokenizer, model=None, log=print) ->
     pools, weights, labels, report, candidates = [], [], [], {}, []
     for e, (domain, template, weight, verifier) in enumerate(step_cfg.entries()):
         prompts, n, dropped = _entry_pool(domain, template, verifier, step_cfg.max_answer_words,
-                                          int(getattr(step_cfg, "max_difficulty", 0)))
+                                          int(getattr(step_cfg, "max_difficulty", 0)),
+                                          int(getattr(step_cfg, "pool_records", 0)))
         label = prompts[0].label if prompts else (domain if crossthink.is_native(domain, template)
                                                   else f"{domain}_{template}")
         if k and prompts:

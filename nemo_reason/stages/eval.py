@@ -127,7 +127,7 @@ def run(cfg, ctx: StepContext) -> StepResult:
     if ctx.dims.pp > 1 or ctx.dims.cp > 1:
         raise ConfigError(f"step '{ctx.step_name}' (eval): generation runs without pipeline or context "
                           "parallelism; set overrides: {parallel.pp: 1, parallel.cp: 1} on this step")
-    tasks = build_tasks(step, training_sources(cfg.data))  # all input checks, before the model
+    tasks = build_tasks(step, training_sources(cfg.data, cfg.pipeline))  # all input checks, before the model
     if ctx.rank == 0:
         for t in tasks:
             print(f"[eval] {describe_task(t, step.n)}", flush=True)

@@ -479,7 +479,7 @@ def build_heldout(step: GRPOConfig, cfg, ctx, tok):
         from nemo_reason.rollout.sampler import SamplingParams
 
         if not tasks:  # once, at the first evaluation
-            tasks.extend(held_out_task(d, step.heldout_prompts, training_sources(cfg.data),
+            tasks.extend(held_out_task(d, step.heldout_prompts, training_sources(cfg.data, cfg.pipeline),
                                        max_difficulty=int(step.max_difficulty))
                          for d in dict.fromkeys(step.domains))
         dp = None

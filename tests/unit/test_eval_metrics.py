@@ -129,6 +129,11 @@ def test_training_sources_of_a_run():
     data = {"source": "synthetic", "phases": [{"blend": [{"path": "bundled:math:20000:7@difficulty>=4"},
                                                          {"path": "/data/x_text_document"}]}]}
     assert training_sources(data) == [*DEFAULT_TRAINING_SOURCES, "bundled:math:20000:7@difficulty>=4"]
+    # The pipeline's steps: an sft step's bundled sources (files are not bundled), a grpo step's larger pool.
+    pipeline = [{"type": "sft", "sources": ["bundled:mcq:3000", "/data/sft.jsonl"]},
+                {"type": "grpo", "domains": ["math", "code"], "pool_records": 9000}, {"type": "grpo"}]
+    assert training_sources(data, pipeline) == [*DEFAULT_TRAINING_SOURCES, "bundled:math:20000:7@difficulty>=4",
+                                                "bundled:mcq:3000", "bundled:math:9000", "bundled:code:9000"]
 
 
 def test_templates():

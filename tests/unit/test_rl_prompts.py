@@ -147,6 +147,23 @@ def test_held_out_records_are_never_in_the_pools(blend):
         assert task.records and not {question_hash(r.question) for r in task.records} & pooled
 
 
+def test_pool_records_draws_a_larger_pool_whose_prefix_is_the_default_one():
+    from nemo_reason.evaluation.tasks import held_out_task, question_hash, training_sources
+
+    easy = dict(domains=["math"], max_difficulty=1)
+    default = build_prompt_source(PromptFields(**easy), _cfg(), _ctx(), None, log=None).pools[0]
+    big = build_prompt_source(PromptFields(**easy, pool_records=20000), _cfg(), _ctx(), None, log=None).pools[0]
+    assert len(big) > 3 * len(default) > 0
+    assert [p.text for p in big[:len(default)]] == [p.text for p in default]  # the same records, first
+    assert default[0].key.startswith("bundled:math#") and big[0].key.startswith("bundled:math:20000#")
+    # the step's held-out split avoids the larger pool too (it is one of the run's training sources)
+    sources = training_sources({}, [{"type": "grpo", "domains": ["math"], "pool_records": 20000}])
+    task = held_out_task("math", 64, sources, max_difficulty=1)
+    assert not {question_hash(r.question) for r in task.records} & {question_hash(p.sample["question"]) for p in big}
+    with pytest.raises(ConfigError, match="pool_records must be >= 0"):
+        PromptFields(pool_records=-1).validate_prompts("here")
+
+
 # --- difficulty filter on a tiny Megatron model -------------------------------------------------
 
 def easy_solved(sample, completion):
