@@ -91,8 +91,7 @@ def _run_sources_of(ckpt: Path) -> list:
             doc = {}
     doc = doc if isinstance(doc, dict) else {}
     data, pipeline = doc.get("data"), doc.get("pipeline")
-    return training_sources(data if isinstance(data, dict) else {},
-                            [s for s in pipeline if isinstance(s, dict)] if isinstance(pipeline, list) else None)
+    return training_sources(data if isinstance(data, dict) else {}, pipeline if isinstance(pipeline, list) else None)
 
 
 def _unescape(text: str) -> str:
@@ -144,7 +143,7 @@ def cmd_eval(ns) -> int:
     from nemo_reason.checkpoint.commands import resolve_checkpoint
     from nemo_reason.evaluation.run import evaluate, format_table
     from nemo_reason.evaluation.tasks import describe_task
-    from nemo_reason.stages.eval import build_tasks, sampling_params
+    from nemo_reason.stages.eval import sampling_params
 
     step = _eval_config(ns)
     ckpt = resolve_checkpoint(ns.checkpoint)

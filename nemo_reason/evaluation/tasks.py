@@ -117,6 +117,13 @@ def _get(obj, name, default=None):
     return obj.get(name, default) if isinstance(obj, dict) else getattr(obj, name, default)
 
 
+def pool_source(domain: str, records: int = 0) -> str:
+    """The training source a grpo step's prompt pool of ``domain`` is: ``bundled:<domain>`` (the
+    corpus's default size), or ``bundled:<domain>:<records>`` for a larger pool (``pool_records``).
+    The prompt keys and the held-out exclusion both use this name."""
+    return f"bundled:{domain}:{records}" if records else f"bundled:{domain}"
+
+
 def training_sources(data_cfg, pipeline=None) -> List[str]:
     """The bundled sources a run's data config (a DataConfig or its plain mapping) trains on:
     ``source``, ``blend``, every phase's ``blend``; the defaults first. With ``pipeline`` (the run's
@@ -130,7 +137,7 @@ def training_sources(data_cfg, pipeline=None) -> List[str]:
     for step in pipeline or []:
         paths += list(_get(step, "sources") or [])
         records = _get(step, "pool_records", 0) or 0
-        paths += [f"bundled:{d}:{records}" for d in (_get(step, "domains") or []) if records]
+        paths += [pool_source(d, records) for d in (_get(step, "domains") or []) if records]
     for p in paths:
         if isinstance(p, str) and p.startswith("bundled:") and p not in found:
             found.append(p)

@@ -234,16 +234,16 @@ def _entry_pool(domain: str, template: str, verifier: str, max_answer_words: int
     """``(prompts, records, dropped {reason: n})`` of one entry, before the difficulty filter: the first
     ``records`` records of the bundled corpus (0: its default size; a prefix of any larger pool)."""
     from nemo_reason.data.corpora import DEFAULT_SEED, DEFAULT_SIZE, generate
-    from nemo_reason.evaluation.tasks import DEFAULT_TRAINING_SOURCES, DOMAINS
+    from nemo_reason.evaluation.tasks import DEFAULT_TRAINING_SOURCES, DOMAINS, pool_source
     from nemo_reason.rl import crossthink
 
-    source = f"bundled:{domain}"
+    source = pool_source(domain)
     if source not in DEFAULT_TRAINING_SOURCES:  # the held-out splits avoid exactly these sources
         raise ConfigError(f"domain {domain!r}: {source} is not one of the training sources the held-out "
                           f"evaluation splits exclude ({', '.join(DEFAULT_TRAINING_SOURCES)})")
     stop = tuple(DOMAINS[domain].stop)
-    if records:  # the keys of the default pool stay `bundled:<domain>#i` (difficulty caches, resumed prompt state)
-        source = f"{source}:{records}"
+    # The keys of the default pool stay `bundled:<domain>#i` (difficulty caches, resumed prompt state).
+    source = pool_source(domain, records)
     prompts, dropped, n = [], {}, 0
     for i, rec in enumerate(generate(domain, records or DEFAULT_SIZE.get(domain, 2000), DEFAULT_SEED)):
         n += 1
